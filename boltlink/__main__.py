@@ -1,0 +1,5 @@
+"""Run the CLI as ``python -m boltlink``."""
+
+from boltlink.cli import main
+
+main()

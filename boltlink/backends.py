@@ -1,0 +1,57 @@
+"""Open the clients every role shares: the link store, Redis and ClickHouse."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from boltlink.settings import Settings
+from boltlink.store import LinkStore, create_store
+
+__all__ = ["connect_clickhouse", "connect_redis", "open_store", "redis_url"]
+
+logger = logging.getLogger("boltlink.db")
+
+
+async def open_store(settings: Settings) -> LinkStore:
+    """Return the open link store these settings name."""
+    store = create_store(
+        settings.database_dsn,
+        schema=settings.database_schema,
+        pool_size=settings.database_pool_size,
+    )
+    await store.open()
+    return store
+
+
+def redis_url(settings: Settings) -> str:
+    """Return the Redis URL: the configured server, else the embedded Valkey."""
+    if settings.redis_url:
+        return str(settings.redis_url)
+    if settings.embedded_redis_url:
+        return str(settings.embedded_redis_url)
+    raise RuntimeError("embedded valkey URL missing; the CLI starts it first")
+
+
+def connect_redis(settings: Settings, **options: Any) -> Any:
+    """Return an asyncio Redis client with bounded timeouts.
+
+    Timeouts stay short so a stopped Redis degrades a redirect (served from
+    the local cache, click buffered) instead of stalling it.
+    """
+    import redis.asyncio as aioredis
+
+    options.setdefault("socket_timeout", 2.0)
+    options.setdefault("socket_connect_timeout", 1.0)
+    options.setdefault("health_check_interval", 15)
+    return aioredis.Redis.from_url(redis_url(settings), **options)
+
+
+def connect_clickhouse(settings: Settings) -> Any:
+    """Return a clickhouse-connect client for a server or for chDB."""
+    import clickhouse_connect
+
+    dsn = settings.clickhouse_dsn
+    if dsn.startswith("chdb:"):
+        (settings.data_dir / "chdb").mkdir(parents=True, exist_ok=True)
+    return clickhouse_connect.get_client(dsn=dsn)

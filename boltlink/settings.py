@@ -1,0 +1,269 @@
+"""Build the one settings object from ``BOLTLINK_*`` variables and CLI options.
+
+This is the only module that reads the environment. Every other module takes
+a :class:`Settings` instance. Values are cast and checked here so a bad
+setting stops start-up with one line instead of failing on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from boltlink.errors import ConfigError
+
+__all__ = ["Secret", "Settings", "export_to_environ"]
+
+_PREFIX = "BOLTLINK_"
+
+
+class Secret(str):
+    """Hold a DSN or secret whose repr hides any password it carries."""
+
+    def __repr__(self) -> str:
+        parts = urlsplit(str(self))
+        if parts.password is None:
+            return f"Secret({str(self)!r})"
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        netloc = f"{parts.username}:***@{host}"
+        return f"Secret({urlunsplit(parts._replace(netloc=netloc))!r})"
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+
+def _cast_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name} must be a boolean (true or false), got {raw!r}")
+
+
+def _cast_int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _cast_float(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _check_url(name: str, raw: str, schemes: tuple[str, ...]) -> Secret:
+    scheme = raw.split(":", 1)[0].lower() if ":" in raw else ""
+    if scheme not in schemes:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        shown = repr(Secret(raw))[7:-1]
+        raise ConfigError(f"{name} must start with one of {allowed}, got {shown}")
+    return Secret(raw)
+
+
+def _check_public_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(
+            f"BOLTLINK_PUBLIC_URL must be an absolute http(s) URL, got {raw!r}"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(
+            f"BOLTLINK_PUBLIC_URL must not carry a query or fragment, got {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
+_DATABASE_SCHEMES = ("postgresql", "postgres", "sqlite")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_CLICKHOUSE_SCHEMES = ("http", "https", "chdb")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Hold every setting of one BoltLink process, cast and checked."""
+
+    data_dir: Path = Path("./boltlink-data")
+    database_url: Secret | None = None
+    redis_url: Secret | None = None
+    clickhouse_url: Secret | None = None
+    public_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    database_schema: str = "public"
+    database_pool_size: int = 10
+    redis_prefix: str = "boltlink:"
+    stream_partitions: int = 1
+    stream_maxlen: int = 1_000_000
+    cache_size: int = 100_000
+    cache_ttl: float = 5.0
+    negative_cache_ttl: float = 30.0
+    click_buffer_size: int = 100_000
+    batch_size: int = 500
+    block_ms: int = 1000
+    consumers: int = 1
+    inprocess_workers: bool = True
+    log_level: str = "INFO"
+    log_format: str = "text"
+    access_log: bool = True
+    # Set by `boltlink serve` for its workers when it runs the embedded Valkey.
+    embedded_redis_url: Secret | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Read ``BOLTLINK_*`` variables, then apply CLI overrides on top.
+
+        Overrides whose value is ``None`` are ignored, so CLI options that
+        were not given fall back to the environment and the defaults.
+        """
+        env = os.environ if environ is None else environ
+        raw = {
+            f.name: env[_PREFIX + f.name.upper()]
+            for f in dataclasses.fields(cls)
+            if _PREFIX + f.name.upper() in env
+        }
+        raw.update({k: str(v) for k, v in overrides.items() if v is not None})
+        return cls._cast(raw)
+
+    @classmethod
+    def _cast(cls, raw: dict[str, str]) -> Settings:
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            values[key] = _cast_one(key, value)
+
+        # Separate aggregate and ingest processes only make sense when every
+        # backend is a server they can all reach; otherwise serve runs them.
+        if "inprocess_workers" not in values:
+            values["inprocess_workers"] = not (
+                values.get("redis_url")
+                and values.get("clickhouse_url")
+                and not str(values["clickhouse_url"]).startswith("chdb:")
+            )
+        settings = cls(**values)
+        if not settings.public_url:
+            host = "localhost" if settings.host in {"0.0.0.0", "::"} else settings.host
+            base = f"http://{host}:{settings.port}"
+            settings = dataclasses.replace(settings, public_url=base)
+        return settings
+
+    @property
+    def database_dsn(self) -> str:
+        """Return the link store's DSN: Postgres when set, else SQLite."""
+        if self.database_url:
+            return str(self.database_url)
+        return f"sqlite:///{self.data_dir.resolve() / 'boltlink.sqlite3'}"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """Return the analytics DSN: a ClickHouse server when set, else chDB."""
+        if self.clickhouse_url:
+            return str(self.clickhouse_url)
+        return f"chdb://{self.data_dir.resolve() / 'chdb'}"
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        """Tell whether this process needs the embedded Valkey server."""
+        return self.redis_url is None
+
+    @property
+    def public_host(self) -> str:
+        """Return the lower-case host name of the public URL, no trailing dot."""
+        return (urlsplit(self.public_url).hostname or "").rstrip(".").lower()
+
+    def to_env(self) -> dict[str, str]:
+        """Render these settings as ``BOLTLINK_*`` variables for child processes."""
+        env: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            env[_PREFIX + f.name.upper()] = str(value)
+        return env
+
+
+_INT_LIMITS: dict[str, tuple[int, int]] = {
+    "port": (1, 65535),
+    "workers": (1, 256),
+    "database_pool_size": (1, 1000),
+    "stream_partitions": (1, 1024),
+    "stream_maxlen": (1000, 1_000_000_000),
+    "cache_size": (0, 100_000_000),
+    "click_buffer_size": (0, 100_000_000),
+    "batch_size": (1, 100_000),
+    "block_ms": (1, 60_000),
+    "consumers": (1, 64),
+}
+_FLOAT_LIMITS: dict[str, tuple[float, float]] = {
+    "cache_ttl": (0.0, 86_400.0),
+    "negative_cache_ttl": (0.0, 86_400.0),
+}
+_BOOLS = {"inprocess_workers", "access_log"}
+
+
+def _cast_one(key: str, value: str) -> Any:
+    name = _PREFIX + key.upper()
+    if key in _INT_LIMITS:
+        return _cast_int(name, value, *_INT_LIMITS[key])
+    if key in _FLOAT_LIMITS:
+        return _cast_float(name, value, *_FLOAT_LIMITS[key])
+    if key in _BOOLS:
+        return _cast_bool(name, value)
+    if key == "data_dir":
+        return Path(value)
+    if key == "database_url":
+        return _check_url(name, value, _DATABASE_SCHEMES) if value else None
+    if key in {"redis_url", "embedded_redis_url"}:
+        return _check_url(name, value, _REDIS_SCHEMES) if value else None
+    if key == "clickhouse_url":
+        return _check_url(name, value, _CLICKHOUSE_SCHEMES) if value else None
+    if key == "public_url":
+        return _check_public_url(value) if value else ""
+    if key == "log_level":
+        return _check_choice(name, value.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
+    if key == "log_format":
+        return _check_choice(name, value.lower(), ("text", "json"))
+    if key == "database_schema":
+        return _check_identifier(name, value)
+    return value
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _check_identifier(name: str, value: str) -> str:
+    if not value.isidentifier() or not value.isascii():
+        raise ConfigError(f"{name} must be a plain SQL identifier, got {value!r}")
+    return value.lower()
+
+
+def export_to_environ(settings: Settings) -> None:
+    """Write ``settings`` to this process's environment for its children.
+
+    Granian starts its workers as new processes; each rebuilds the same
+    settings from the variables written here.
+    """
+    os.environ.update(settings.to_env())

@@ -1,0 +1,1 @@
+"""Serve redirects and the REST API as one ASGI app."""

@@ -1,0 +1,219 @@
+"""Serve the links API under ``/api/v1``: create, read, list, update, delete."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from boltlink.apikeys import hash_key
+from boltlink.codes import random_code
+from boltlink.errors import (
+    CodeTaken,
+    Forbidden,
+    LinkGone,
+    LinkNotFound,
+    Unauthorized,
+    ValidationFailed,
+)
+from boltlink.models import ApiKey, Link, NewLink
+from boltlink.web.linkinput import parse_body, parse_create, parse_patch
+from boltlink.web.runtime import Runtime
+
+__all__ = ["routes"]
+
+_RANDOM_CODE_ATTEMPTS = 8
+_DEFAULT_PAGE = 50
+_MAX_PAGE = 200
+# Query parameters that look like a credential: refused outright so a key
+# never lands in an access log, a proxy log or browser history.
+_KEY_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token"})
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def authorize(request: Request, scope: str) -> ApiKey:
+    """Return the request's API key if it holds ``scope``, else raise."""
+    if _KEY_PARAMS.intersection(request.query_params):
+        raise Unauthorized(
+            "api keys are accepted only in the Authorization or X-Api-Key header"
+        )
+    raw = request.headers.get("x-api-key", "")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        raw = token.strip()
+    if not raw:
+        raise Unauthorized("missing api key: send Authorization: Bearer <key>")
+
+    key = await _runtime(request).store.get_key(hash_key(raw))
+    if key is None or key.revoked_at is not None:
+        raise Unauthorized("unknown or revoked api key")
+    if not key.allows(scope):
+        raise Forbidden(f"api key {key.prefix!r} lacks scope {scope!r}")
+    return key
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def render_link(link: Link, public_url: str) -> dict[str, Any]:
+    """Return the API representation of a link."""
+    return {
+        "code": link.code,
+        "short_url": f"{public_url}/{link.code}",
+        "url": link.url,
+        "title": link.title,
+        "tags": list(link.tags),
+        "redirect_status": link.redirect_status,
+        "expires_at": _iso(link.expires_at),
+        "created_at": _iso(link.created_at),
+        "updated_at": _iso(link.updated_at),
+        "clicks": link.clicks,
+    }
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json"
+    )
+
+
+async def create_link(request: Request) -> Response:
+    """Create a link with a custom or random code."""
+    key = await authorize(request, "links:write")
+    runtime = _runtime(request)
+    fields = parse_create(
+        parse_body(await request.body()), public_host=runtime.settings.public_host
+    )
+    link = await _insert(runtime, fields, key)
+    await runtime.resolver.publish_link(link.code, link)
+    return _json(render_link(link, runtime.settings.public_url), 201)
+
+
+async def _insert(runtime: Runtime, fields: dict[str, Any], key: ApiKey) -> Link:
+    custom = fields.pop("code")
+    attempts = 1 if custom else _RANDOM_CODE_ATTEMPTS
+    for attempt in range(attempts):
+        new = NewLink(code=custom or random_code(), created_by=key.id, **fields)
+        try:
+            return await runtime.store.create_link(new)
+        except CodeTaken:
+            # A random code that collides is retried with a fresh one; the
+            # caller only hears of a collision on a code it chose.
+            if custom or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _live_link(runtime: Runtime, code: str) -> Link:
+    link = await runtime.store.get_link(code)
+    if link is None:
+        raise LinkNotFound(f"code {code!r} not found")
+    if link.deleted_at is not None:
+        raise LinkGone(f"link {code!r} was deleted")
+    return link
+
+
+async def get_link(request: Request) -> Response:
+    """Return one link with its click count."""
+    await authorize(request, "links:read")
+    runtime = _runtime(request)
+    link = await _live_link(runtime, request.path_params["code"])
+    return _json(render_link(link, runtime.settings.public_url))
+
+
+def _page_args(request: Request) -> tuple[int, int | None, str | None]:
+    params = request.query_params
+    try:
+        limit = int(params.get("limit", _DEFAULT_PAGE))
+    except ValueError:
+        raise ValidationFailed("limit must be an integer", field="limit") from None
+    if not 1 <= limit <= _MAX_PAGE:
+        raise ValidationFailed(
+            f"limit must be between 1 and {_MAX_PAGE}", field="limit"
+        )
+    cursor = params.get("cursor")
+    return limit, _decode_cursor(cursor) if cursor else None, params.get("tag")
+
+
+def _encode_cursor(link_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{link_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = raw.partition(":")
+        if kind != "id":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed(
+            f"cursor {cursor!r} is not valid", field="cursor"
+        ) from None
+
+
+async def list_links(request: Request) -> Response:
+    """List live links newest first, one page per call."""
+    await authorize(request, "links:read")
+    runtime = _runtime(request)
+    limit, before_id, tag = _page_args(request)
+
+    # Ask for one more than the page to learn whether another page follows.
+    links = await runtime.store.list_links(
+        limit=limit + 1, before_id=before_id, tag=tag
+    )
+    page = links[:limit]
+    more = len(links) > limit
+    return _json(
+        {
+            "items": [render_link(link, runtime.settings.public_url) for link in page],
+            "next_cursor": _encode_cursor(page[-1].id) if more else None,
+        }
+    )
+
+
+async def update_link(request: Request) -> Response:
+    """Change a link's destination, title, tags, expiry or status."""
+    await authorize(request, "links:write")
+    runtime = _runtime(request)
+    code = request.path_params["code"]
+    changes = parse_patch(
+        parse_body(await request.body()), public_host=runtime.settings.public_host
+    )
+    link = (
+        await runtime.store.update_link(code, changes)
+        if changes
+        else await _live_link(runtime, code)
+    )
+    await runtime.resolver.publish_link(code, link)
+    return _json(render_link(link, runtime.settings.public_url))
+
+
+async def delete_link(request: Request) -> Response:
+    """Delete a link: its code answers 410 from now on and is never reused."""
+    await authorize(request, "links:write")
+    runtime = _runtime(request)
+    code = request.path_params["code"]
+    link = await runtime.store.delete_link(code)
+    await runtime.resolver.publish_link(code, link)
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/links", create_link, methods=["POST"]),
+    Route("/links", list_links, methods=["GET"]),
+    Route("/links/{code}", get_link, methods=["GET"]),
+    Route("/links/{code}", update_link, methods=["PATCH"]),
+    Route("/links/{code}", delete_link, methods=["DELETE"]),
+]

@@ -1,0 +1,173 @@
+"""Check the JSON bodies of the links API field by field.
+
+Each field has one checker that returns the value to store or raises a
+``ValidationFailed`` naming the field. Unknown fields are refused rather
+than ignored, so a misspelt ``expire_at`` is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from boltlink.codes import validate_custom_code
+from boltlink.destinations import validate_destination
+from boltlink.errors import InvalidJson, PayloadTooLarge, ValidationFailed
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "REDIRECT_STATUSES",
+    "parse_body",
+    "parse_create",
+    "parse_patch",
+]
+
+MAX_BODY_BYTES = 64 * 1024
+#: RFC 9110 section 15.4: 301/308 are permanent (308 keeps the method),
+#: 302/307 temporary (307 keeps the method).
+REDIRECT_STATUSES = (301, 302, 307, 308)
+MAX_TITLE_LENGTH = 512
+MAX_TAGS = 32
+MAX_TAG_LENGTH = 64
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"body is {len(raw)} bytes, limit {MAX_BODY_BYTES}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"body is not valid JSON: {exc.msg}") from None
+    if not isinstance(body, dict):
+        raise InvalidJson(f"body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _title(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationFailed("title must be a string or null", field="title")
+    if len(value) > MAX_TITLE_LENGTH:
+        raise ValidationFailed(
+            f"title is {len(value)} characters, limit {MAX_TITLE_LENGTH}",
+            field="title",
+        )
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValidationFailed(
+            "title must not contain control characters", field="title"
+        )
+    return value
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValidationFailed("tags must be an array of strings", field="tags")
+    if len(value) > MAX_TAGS:
+        raise ValidationFailed(
+            f"at most {MAX_TAGS} tags, got {len(value)}", field="tags"
+        )
+    tags: set[str] = set()
+    for tag in value:
+        if not isinstance(tag, str) or not 1 <= len(tag) <= MAX_TAG_LENGTH:
+            raise ValidationFailed(
+                f"each tag must be a string of 1 to {MAX_TAG_LENGTH} characters, "
+                f"got {tag!r}",
+                field="tags",
+            )
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in tag):
+            raise ValidationFailed(
+                f"tag {tag!r} contains control characters", field="tags"
+            )
+        tags.add(tag)
+    return tuple(sorted(tags))
+
+
+def _expires_at(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationFailed(
+            "expires_at must be an RFC 3339 timestamp or null", field="expires_at"
+        )
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed(
+            f"expires_at {value!r} is not an RFC 3339 timestamp", field="expires_at"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValidationFailed(
+            f"expires_at {value!r} lacks a time zone offset", field="expires_at"
+        )
+    moment = moment.astimezone(UTC)
+    if moment <= datetime.now(UTC):
+        raise ValidationFailed(
+            f"expires_at {value!r} is not in the future", field="expires_at"
+        )
+    return moment
+
+
+def _redirect_status(value: Any) -> int:
+    if value is None:
+        return 302
+    if type(value) is not int or value not in REDIRECT_STATUSES:
+        allowed = ", ".join(map(str, REDIRECT_STATUSES))
+        raise ValidationFailed(
+            f"redirect_status must be one of {allowed}, got {value!r}",
+            field="redirect_status",
+        )
+    return value
+
+
+_CHECKERS: dict[str, Callable[[Any], Any]] = {
+    "title": _title,
+    "tags": _tags,
+    "expires_at": _expires_at,
+    "redirect_status": _redirect_status,
+}
+
+
+def _refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ValidationFailed(
+            f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}",
+            field=unknown[0],
+        )
+
+
+def parse_create(body: dict[str, Any], *, public_host: str) -> dict[str, Any]:
+    """Return the checked fields of a create request; ``code`` may be None."""
+    _refuse_unknown(body, {"url", "code", *_CHECKERS})
+    if "url" not in body:
+        raise ValidationFailed("url is required", field="url")
+    fields = {
+        "url": validate_destination(body["url"], public_host=public_host),
+        "code": None
+        if body.get("code") is None
+        else validate_custom_code(body["code"]),
+    }
+    for name, check in _CHECKERS.items():
+        fields[name] = check(body.get(name))
+    return fields
+
+
+def parse_patch(body: dict[str, Any], *, public_host: str) -> dict[str, Any]:
+    """Return the checked fields of an update request, only those given."""
+    if "code" in body:
+        raise ValidationFailed("a link's code cannot be changed", field="code")
+    _refuse_unknown(body, {"url", *_CHECKERS})
+    changes: dict[str, Any] = {}
+    if "url" in body:
+        changes["url"] = validate_destination(body["url"], public_host=public_host)
+    for name, check in _CHECKERS.items():
+        if name in body:
+            changes[name] = check(body[name])
+    return changes

@@ -1,0 +1,222 @@
+"""Resolve a short code to its redirect target through three cache layers.
+
+``resolve_link`` asks, in order, the in-process cache, Redis and the link
+store, and fills the layers it passed on the way back. A code that no link
+has is cached too (for ``negative_cache_ttl``), so a flood of unknown codes
+reaches the store once per code.
+
+Changes made through the API are written to Redis (``publish_link``) and
+announced on a pub/sub channel; every worker process drops its local copy
+when the announcement arrives. Readers fill Redis only with ``SET NX``, so
+a reader holding an old row can never overwrite what the writer set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+from redis import exceptions as redis_errors
+
+from boltlink.models import Link
+from boltlink.store import LinkStore
+
+__all__ = ["LinkResolver", "Target"]
+
+logger = logging.getLogger("boltlink.redirect")
+
+CACHE_LOOKUPS = Counter(
+    "boltlink_link_cache_lookups_total",
+    "Link lookups by the layer that answered",
+    ["layer"],
+)
+_REDIS_FAULTS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+_MISSING = b"-"
+# A live link's Redis copy is refreshed by every change, so it may live long.
+_REDIS_TTL_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a redirect needs to know about a link, and nothing more."""
+
+    link_id: int
+    url: str
+    status: int
+    expires_at: float | None
+    gone: bool
+
+    @classmethod
+    def of(cls, link: Link) -> Target:
+        """Build the target of a stored link."""
+        expires = link.expires_at.timestamp() if link.expires_at else None
+        return cls(
+            link.id,
+            link.url,
+            link.redirect_status,
+            expires,
+            link.deleted_at is not None,
+        )
+
+    def dumps(self) -> bytes:
+        """Encode for the Redis cache."""
+        return orjson.dumps(
+            [self.link_id, self.url, self.status, self.expires_at, self.gone]
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Target:
+        """Decode from the Redis cache."""
+        link_id, url, status, expires_at, gone = orjson.loads(raw)
+        return cls(link_id, url, status, expires_at, gone)
+
+    def is_live(self, now: float) -> bool:
+        """Tell whether the link may redirect at ``now`` (epoch seconds)."""
+        return not self.gone and (self.expires_at is None or now < self.expires_at)
+
+
+class LinkResolver:
+    """Find redirect targets; keep the three layers coherent on change."""
+
+    def __init__(
+        self,
+        store: LinkStore,
+        redis: Any,
+        *,
+        prefix: str,
+        size: int,
+        ttl: float,
+        negative_ttl: float,
+        pubsub_redis: Any = None,
+    ) -> None:
+        self._store = store
+        self._redis = redis
+        # Pub/sub reads block for as long as nothing changes, so they need a
+        # client without the short socket timeout of the redirect path.
+        self._pubsub_redis = pubsub_redis if pubsub_redis is not None else redis
+        self._prefix = prefix
+        self._channel = f"{prefix}links:changed"
+        self._size = size
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._local: collections.OrderedDict[str, tuple[float, Target | None]] = (
+            collections.OrderedDict()
+        )
+        # Bumped on every invalidation: a lookup that started before one
+        # must not put what it read into the local cache.
+        self._generation = 0
+        self._last_warning = 0.0
+
+    def _key(self, code: str) -> str:
+        return f"{self._prefix}link:{code}"
+
+    async def resolve_link(self, code: str) -> Target | None:
+        """Return the target of ``code``, or None when no link has it."""
+        hit = self._from_local_cache(code)
+        if hit is not None:
+            return hit[1]
+        generation = self._generation
+        target, found = await self._from_redis(code)
+        if not found:
+            target = await self._from_store(code)
+        if generation == self._generation:
+            self._remember(code, target)
+        return target
+
+    def _from_local_cache(self, code: str) -> tuple[float, Target | None] | None:
+        entry = self._local.get(code)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        self._local.move_to_end(code)
+        CACHE_LOOKUPS.labels("local").inc()
+        return entry
+
+    async def _from_redis(self, code: str) -> tuple[Target | None, bool]:
+        try:
+            raw = await self._redis.get(self._key(code))
+        except _REDIS_FAULTS as exc:
+            self._warn_degraded(code, exc)
+            return None, False
+        if raw is None:
+            return None, False
+        CACHE_LOOKUPS.labels("redis").inc()
+        return (None if raw == _MISSING else Target.loads(raw)), True
+
+    async def _from_store(self, code: str) -> Target | None:
+        link = await self._store.get_link(code)
+        CACHE_LOOKUPS.labels("store").inc()
+        target = Target.of(link) if link else None
+        raw = target.dumps() if target else _MISSING
+        ttl = _REDIS_TTL_SECONDS if target else max(1, int(self._negative_ttl))
+        try:
+            await self._redis.set(self._key(code), raw, ex=ttl, nx=True)
+        except _REDIS_FAULTS as exc:
+            self._warn_degraded(code, exc)
+        return target
+
+    def _remember(self, code: str, target: Target | None) -> None:
+        if self._size <= 0:
+            return
+        ttl = self._ttl if target else min(self._ttl, self._negative_ttl)
+        self._local[code] = (time.monotonic() + ttl, target)
+        self._local.move_to_end(code)
+        while len(self._local) > self._size:
+            self._local.popitem(last=False)
+
+    def _warn_degraded(self, code: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 10.0:
+            self._last_warning = now
+            logger.warning(
+                "redirect cache unavailable for %r, served from store: %s", code, exc
+            )
+
+    async def publish_link(self, code: str, link: Link | None) -> None:
+        """Write a changed link to Redis and tell every worker to forget it."""
+        self.forget(code)
+        raw = Target.of(link).dumps() if link else _MISSING
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._key(code), raw, ex=_REDIS_TTL_SECONDS)
+                pipe.publish(self._channel, code.encode())
+                await pipe.execute()
+        except _REDIS_FAULTS as exc:
+            # The change is stored; other workers see it when their local
+            # copies expire (cache_ttl) and Redis's copy is rewritten.
+            logger.warning("link change for %r not announced: %s", code, exc)
+
+    def forget(self, code: str | None = None) -> None:
+        """Drop one code (or every code) from the local cache."""
+        self._generation += 1
+        if code is None:
+            self._local.clear()
+        else:
+            self._local.pop(code, None)
+
+    async def listen(self) -> None:
+        """Drop local copies as changes are announced; run until cancelled."""
+        while True:
+            try:
+                await self._listen_once()
+            except _REDIS_FAULTS as exc:
+                logger.warning("link change channel lost, retrying: %s", exc)
+            # Announcements may have been missed while disconnected.
+            self.forget()
+            await asyncio.sleep(1.0)
+
+    async def _listen_once(self) -> None:
+        pubsub = self._pubsub_redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._channel)
+            self.forget()
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    self.forget(message["data"].decode(errors="replace"))
+        finally:
+            await pubsub.aclose()

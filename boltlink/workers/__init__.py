@@ -1,0 +1,1 @@
+"""Run the click stream consumers: ``aggregate`` and ``ingest``."""
