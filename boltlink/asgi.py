@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 from typing import IO
 
 from starlette.applications import Starlette
@@ -21,9 +26,11 @@ from boltlink.settings import Settings
 from boltlink.web.app import build_app
 from boltlink.workers.run import ROLES, run_role
 
-__all__ = ["create_app", "run_pipeline"]
+__all__ = ["create_app", "create_worker_app", "run_pipeline"]
 
 logger = logging.getLogger("boltlink.serve")
+
+_PR_SET_PDEATHSIG = 1
 
 
 async def run_pipeline(settings: Settings, stop: asyncio.Event) -> None:
@@ -51,3 +58,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     jobs = [run_pipeline] if settings.inprocess_workers else []
     return build_app(settings, jobs)
+
+
+def create_worker_app() -> Starlette:
+    """Return the app of one granian worker, which stops when serve dies."""
+    _stop_with_parent()
+    return create_app()
+
+
+def _stop_with_parent() -> None:
+    # A SIGKILLed `boltlink serve` cannot stop its workers, which would go on
+    # serving and consuming; the kernel sends each one SIGTERM instead
+    # (PR_SET_PDEATHSIG), as it sends the embedded Valkey SIGKILL.
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        # The parent died before the request above took effect.
+        os.kill(os.getpid(), signal.SIGTERM)

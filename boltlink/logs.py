@@ -54,5 +54,8 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         "loggers": {
             "_granian": {"level": level},
             "granian.access": {"level": "INFO"},
+            # yoyo narrates every migration step at INFO; BoltLink logs a
+            # summary line of its own.
+            "yoyo": {"level": "WARNING"},
         },
     }

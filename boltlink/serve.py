@@ -67,7 +67,7 @@ def _run_granian(settings: Settings, log_config: dict[str, Any]) -> None:
         "postgres" if settings.database_url else "sqlite",
     )
     Server(
-        "boltlink.asgi:create_app",
+        "boltlink.asgi:create_worker_app",
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,

@@ -285,7 +285,9 @@ async def test_list_links_refuses_bad_paging(
 
 async def test_update_link_changes_destination_at_once(client: Any, auth: Any) -> None:
     await _create(client, auth, url="https://example.com/old", code="moving")
-    assert (await client.get("/moving")).headers["location"] == "https://example.com/old"
+    assert (await client.get("/moving")).headers[
+        "location"
+    ] == "https://example.com/old"
 
     response = await client.patch(
         "/api/v1/links/moving",
@@ -296,7 +298,9 @@ async def test_update_link_changes_destination_at_once(client: Any, auth: Any) -
     assert response.status_code == 200
     assert response.json()["url"] == "https://example.com/new"
     assert response.json()["tags"] == ["z"]
-    assert (await client.get("/moving")).headers["location"] == "https://example.com/new"
+    assert (await client.get("/moving")).headers[
+        "location"
+    ] == "https://example.com/new"
 
 
 async def test_update_link_refuses_code_change(client: Any, auth: Any) -> None:

@@ -134,3 +134,16 @@ async def test_health_and_ready_answer_ok(client: Any) -> None:
     assert health.status_code == 200
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"store": "ok", "redis": "ok"}
+
+
+def test_reserved_codes_cover_every_routed_segment(app: Any) -> None:
+    from boltlink.codes import is_reserved
+
+    segments = {
+        route.path.strip("/").split("/")[0]
+        for route in app.routes
+        if not route.path.startswith("/{")
+    }
+
+    assert segments == {"health", "ready", "metrics", "api"}
+    assert all(is_reserved(segment) for segment in segments)

@@ -98,7 +98,9 @@ def _advisory_lock(dsn: str, schema: str) -> Iterator[psycopg.Connection]:
     try:
         conn = psycopg.connect(dsn, autocommit=True)
     except psycopg.OperationalError as exc:
-        message = f"postgres {describe_dsn(dsn)!r} unavailable: {exc}"
+        # libpq adds a hint on a second line; keep the error to one line.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = f"postgres {describe_dsn(dsn)!r} unavailable: {reason}"
         raise BackendUnavailable(message) from exc
 
     with conn:

@@ -80,6 +80,16 @@ class PostgresStore:
 
     async def open(self) -> None:
         """Open the pool and wait until it holds a first connection."""
+        # One direct attempt first: an unreachable server fails at once with
+        # its own reason, instead of after the pool's logged retries.
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                self._dsn, connect_timeout=max(1, round(self._timeout))
+            )
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        await probe.close()
+
         pool = AsyncConnectionPool(
             self._dsn,
             min_size=1,
