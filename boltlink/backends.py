@@ -40,7 +40,13 @@ def connect_redis(settings: Settings, **options: Any) -> Any:
     the local cache, click buffered) instead of stalling it.
     """
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
 
+    # One quick retry covers a dropped connection; more would hold a
+    # redirect for seconds while Redis is down (redis-py's default backs
+    # off for up to ten).
+    options.setdefault("retry", Retry(ExponentialBackoff(cap=0.05, base=0.01), 1))
     options.setdefault("socket_timeout", 2.0)
     options.setdefault("socket_connect_timeout", 1.0)
     options.setdefault("health_check_interval", 15)

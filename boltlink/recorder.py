@@ -72,6 +72,11 @@ class ClickRecorder:
 
     async def record(self, click: Click) -> None:
         """Queue a click and return once it is written (or buffered)."""
+        if self._buffer:
+            # Redis is known to be down: queue behind the buffered clicks
+            # at once rather than wait for the next failed attempt.
+            self._keep([click])
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((click, future))
         self._wakeup.set()

@@ -40,6 +40,7 @@ _REDIS_FAULTS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSErro
 _MISSING = b"-"
 # A live link's Redis copy is refreshed by every change, so it may live long.
 _REDIS_TTL_SECONDS = 24 * 3600
+_REDIS_PAUSE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,10 @@ class LinkResolver:
         # must not put what it read into the local cache.
         self._generation = 0
         self._last_warning = 0.0
+        # After a Redis fault, lookups skip Redis for a moment instead of
+        # each paying for a failed connection.
+        self._redis_down_until = 0.0
+        self._channel_lost = False
 
     def _key(self, code: str) -> str:
         return f"{self._prefix}link:{code}"
@@ -138,6 +143,8 @@ class LinkResolver:
         return entry
 
     async def _from_redis(self, code: str) -> tuple[Target | None, bool]:
+        if self._redis_down_until > time.monotonic():
+            return None, False
         try:
             raw = await self._redis.get(self._key(code))
         except _REDIS_FAULTS as exc:
@@ -154,6 +161,8 @@ class LinkResolver:
         target = Target.of(link) if link else None
         raw = target.dumps() if target else _MISSING
         ttl = _REDIS_TTL_SECONDS if target else max(1, int(self._negative_ttl))
+        if self._redis_down_until > time.monotonic():
+            return target
         try:
             await self._redis.set(self._key(code), raw, ex=ttl, nx=True)
         except _REDIS_FAULTS as exc:
@@ -171,6 +180,7 @@ class LinkResolver:
 
     def _warn_degraded(self, code: str, exc: BaseException) -> None:
         now = time.monotonic()
+        self._redis_down_until = now + _REDIS_PAUSE_SECONDS
         if now - self._last_warning >= 10.0:
             self._last_warning = now
             logger.warning(
@@ -205,7 +215,9 @@ class LinkResolver:
             try:
                 await self._listen_once()
             except _REDIS_FAULTS as exc:
-                logger.warning("link change channel lost, retrying: %s", exc)
+                if not self._channel_lost:
+                    logger.warning("link change channel lost, retrying: %s", exc)
+                self._channel_lost = True
             # Announcements may have been missed while disconnected.
             self.forget()
             await asyncio.sleep(1.0)
@@ -214,6 +226,9 @@ class LinkResolver:
         pubsub = self._pubsub_redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self._channel)
+            if self._channel_lost:
+                self._channel_lost = False
+                logger.info("link change channel back")
             self.forget()
             async for message in pubsub.listen():
                 if message.get("type") == "message":

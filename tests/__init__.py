@@ -1,0 +1,1 @@
+"""BoltLink tests: one module per package module, real backends only."""
