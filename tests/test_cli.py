@@ -1,0 +1,219 @@
+"""Run the ``boltlink`` command as a user would, in a subprocess each time."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# The pg_schema fixture skips a test when this is unset.
+POSTGRES_URL = os.environ.get("BOLTLINK_TEST_DATABASE_URL", "")
+_UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/x"
+
+
+def _env(**settings: str) -> dict[str, str]:
+    """Return this process's environment without BOLTLINK_*, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOLTLINK_")}
+    env.update({f"BOLTLINK_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def _boltlink(
+    cwd: Path, *args: str, timeout: float = 60.0, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``boltlink ARGS`` in ``cwd`` with only ``settings`` set."""
+    return subprocess.run(
+        [sys.executable, "-m", "boltlink", *args],
+        cwd=cwd,
+        env=_env(**settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _create_key(cwd: Path, **settings: str) -> tuple[int, str]:
+    """Create a key named demo; return its id and the raw key."""
+    result = _boltlink(
+        cwd,
+        "keys",
+        "create",
+        "--name",
+        "demo",
+        "--scope",
+        "links:read",
+        "--scope",
+        "links:write",
+        **settings,
+    )
+    assert result.returncode == 0, result.stderr
+    first, raw = result.stdout.splitlines()
+    found = re.fullmatch(
+        r"created key id=(\d+) name='demo' scopes=links:read,links:write", first
+    )
+    assert found is not None, first
+    return int(found[1]), raw
+
+
+# -- help and usage -----------------------------------------------------------
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    result = _boltlink(tmp_path, "--help")
+
+    assert result.returncode == 0
+    commands = re.findall(r"^  (\w+)  ", result.stdout, flags=re.MULTILINE)
+    assert commands == ["aggregate", "ingest", "keys", "migrate", "serve"]
+    assert result.stderr == ""
+
+
+def test_keys_create_without_name_is_a_usage_error(tmp_path: Path) -> None:
+    result = _boltlink(tmp_path, "keys", "create", data_dir=str(tmp_path / "data"))
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "Error: Missing option '--name'."
+    assert not (tmp_path / "data").exists()
+
+
+# -- expected failures: one line, exit 1 ----------------------------------------
+
+_BAD_SETTINGS = [
+    ("port", "abc", "BOLTLINK_PORT must be an integer, got 'abc'"),
+    ("port", "70000", "BOLTLINK_PORT must be between 1 and 65535, got 70000"),
+    ("workers", "0", "BOLTLINK_WORKERS must be between 1 and 256, got 0"),
+    (
+        "database_url",
+        "mysql://x",
+        "BOLTLINK_DATABASE_URL must start with one of postgresql://, "
+        "postgres://, sqlite://, got 'mysql://x'",
+    ),
+    (
+        "redis_url",
+        "http://x",
+        "BOLTLINK_REDIS_URL must start with one of redis://, rediss://, "
+        "unix://, got 'http://x'",
+    ),
+    (
+        "public_url",
+        "ftp://x",
+        "BOLTLINK_PUBLIC_URL must be an absolute http(s) URL, got 'ftp://x'",
+    ),
+    (
+        "log_level",
+        "loud",
+        "BOLTLINK_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'",
+    ),
+]
+
+
+@pytest.mark.parametrize("command", [["serve"], ["keys", "list"]])
+@pytest.mark.parametrize(("name", "value", "message"), _BAD_SETTINGS)
+def test_bad_setting_stops_command_with_one_line(
+    tmp_path: Path, command: list[str], name: str, value: str, message: str
+) -> None:
+    settings = {"data_dir": str(tmp_path / "data"), name: value}
+
+    result = _boltlink(tmp_path, *command, timeout=30.0, **settings)
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"Error: {message}"]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", [["keys", "list"], ["migrate", "--no-analytics"]])
+def test_unreachable_postgres_stops_command_with_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    result = _boltlink(
+        tmp_path,
+        *command,
+        timeout=30.0,
+        data_dir=str(tmp_path / "data"),
+        database_url=_UNREACHABLE_POSTGRES,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "Error: postgres '127.0.0.1:1/x' unavailable: connection failed: "
+        'connection to server at "127.0.0.1", port 1 failed: Connection refused'
+    ]
+
+
+@pytest.mark.parametrize("role", ["aggregate", "ingest"])
+def test_consumer_without_redis_url_stops_with_one_line(
+    tmp_path: Path, role: str
+) -> None:
+    result = _boltlink(tmp_path, role, data_dir=str(tmp_path / "data"))
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"Error: boltlink {role} needs BOLTLINK_REDIS_URL; in the embedded "
+        "profile boltlink serve runs the consumers itself"
+    ]
+
+
+# -- API keys -------------------------------------------------------------------
+
+
+def _assert_key_lifecycle(cwd: Path, **settings: str) -> None:
+    """Create, list, revoke and list again; never show the raw key."""
+    key_id, raw = _create_key(cwd, **settings)
+    assert re.fullmatch(r"blk_[A-Za-z0-9_-]{43,}", raw), raw
+
+    listed = _boltlink(cwd, "keys", "list", **settings)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == (
+        f"{key_id}\t{raw[:10]}…\tdemo\tlinks:read,links:write\tactive\n"
+    )
+    assert raw not in listed.stdout + listed.stderr
+
+    revoked = _boltlink(cwd, "keys", "revoke", str(key_id), **settings)
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout == f"revoked key id={key_id} name='demo'\n"
+
+    listed = _boltlink(cwd, "keys", "list", **settings)
+    assert re.fullmatch(
+        rf"{key_id}\t{re.escape(raw[:10])}…\tdemo\tlinks:read,links:write"
+        r"\trevoked \d{4}-\d{2}-\d{2}\n",
+        listed.stdout,
+    ), listed.stdout
+
+    unknown = _boltlink(cwd, "keys", "revoke", str(key_id + 1000), **settings)
+    assert unknown.returncode == 1
+    assert unknown.stderr.splitlines()[-1] == f"Error: no key with id {key_id + 1000}"
+    assert "Traceback" not in unknown.stderr
+
+
+def test_keys_lifecycle_on_embedded_store(tmp_path: Path) -> None:
+    _assert_key_lifecycle(tmp_path, data_dir=str(tmp_path / "data"))
+
+
+def test_keys_create_stores_only_the_digest(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+
+    _, raw = _create_key(tmp_path, data_dir=str(data_dir))
+
+    files = sorted(data_dir.glob("boltlink.sqlite3*"))
+    stored = b"".join(path.read_bytes() for path in files)
+    assert hashlib.sha256(raw.encode()).hexdigest().encode() in stored
+    assert raw.encode() not in stored
+    assert raw[4:].encode() not in stored
+
+
+@pytest.mark.postgres
+def test_keys_lifecycle_on_postgres(tmp_path: Path, pg_schema: str) -> None:
+    settings = {
+        "data_dir": str(tmp_path / "data"),
+        "database_url": POSTGRES_URL,
+        "database_schema": pg_schema,
+    }
+    migrated = _boltlink(tmp_path, "migrate", "--no-analytics", **settings)
+    assert migrated.returncode == 0, migrated.stderr
+    assert re.fullmatch(r"link store: [1-9]\d* migrations applied\n", migrated.stdout)
+
+    _assert_key_lifecycle(tmp_path, **settings)
