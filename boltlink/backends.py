@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from typing import Any
 
+from boltlink.errors import BackendUnavailable
 from boltlink.settings import Settings
 from boltlink.store import LinkStore, create_store
 
@@ -58,6 +61,43 @@ def connect_clickhouse(settings: Settings) -> Any:
     import clickhouse_connect
 
     dsn = settings.clickhouse_dsn
-    if dsn.startswith("chdb:"):
-        (settings.data_dir / "chdb").mkdir(parents=True, exist_ok=True)
-    return clickhouse_connect.get_client(dsn=dsn)
+    if not dsn.startswith("chdb:"):
+        try:
+            return clickhouse_connect.get_client(dsn=dsn)
+        except Exception as exc:
+            raise BackendUnavailable(f"cannot reach clickhouse: {exc}") from exc
+
+    folder = dsn.removeprefix("chdb://")
+    os.makedirs(folder, exist_ok=True)
+    busy = BackendUnavailable(
+        f"chDB folder {folder!r} is in use by another process (is boltlink "
+        "serve running on it?); chDB allows one process per folder"
+    )
+    if folder not in _CHDB_OPENED_HERE and _chdb_locked_elsewhere(folder):
+        raise busy
+    try:
+        client = clickhouse_connect.get_client(dsn=dsn)
+    except Exception as exc:
+        raise busy from exc
+    _CHDB_OPENED_HERE.add(folder)
+    return client
+
+
+# chDB folders this process has opened: its own lock must not count as busy.
+_CHDB_OPENED_HERE: set[str] = set()
+
+
+def _chdb_locked_elsewhere(folder: str) -> bool:
+    # ClickHouse holds an flock on its folder's `status` file while open.
+    # Probe it first, so a busy folder is one clear error rather than the
+    # engine's own messages; the probe lets go before chDB opens.
+    path = os.path.join(folder, "status")
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb") as status:
+        try:
+            fcntl.flock(status.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(status.fileno(), fcntl.LOCK_UN)
+    return False

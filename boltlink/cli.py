@@ -8,6 +8,7 @@ with one line on stderr; usage errors exit 2.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import logging.config
@@ -40,9 +41,13 @@ def _fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _settings(ctx: click.Context) -> Settings:
+def _settings(ctx: click.Context, *, quiet: bool = False) -> Settings:
     overrides: dict[str, Any] = ctx.find_root().obj or {}
     settings = Settings.from_env(**overrides)
+    # One-shot commands print their own result; their INFO lines would only
+    # get in its way (-v brings them back).
+    if quiet and overrides.get("log_level") is None:
+        settings = dataclasses.replace(settings, log_level="WARNING")
     logging.config.dictConfig(_log_config(settings))
     return settings
 
@@ -54,7 +59,12 @@ def _log_config(settings: Settings) -> dict[str, Any]:
 
 
 @click.group(context_settings=_CONTEXT)
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Data folder of the embedded engines.  "
+    "[env: BOLTLINK_DATA_DIR; default: ./boltlink-data]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 @click.version_option(package_name="boltlink")
 @click.pass_context
@@ -67,10 +77,19 @@ def cli(ctx: click.Context, data_dir: str | None, verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--host", help="Address to listen on.  [env: BOLTLINK_HOST]")
-@click.option("--port", type=int, help="Port to listen on.  [env: BOLTLINK_PORT]")
-@click.option("--workers", type=int, help="Worker processes.  [env: BOLTLINK_WORKERS]")
-@click.option("--public-url", help="Base of short URLs.  [env: BOLTLINK_PUBLIC_URL]")
+@click.option(
+    "--host", help="Address to listen on.  [env: BOLTLINK_HOST; default: 127.0.0.1]"
+)
+@click.option(
+    "--port", type=int, help="Port to listen on.  [env: BOLTLINK_PORT; default: 8000]"
+)
+@click.option(
+    "--workers", type=int, help="Worker processes.  [env: BOLTLINK_WORKERS; default: 1]"
+)
+@click.option(
+    "--public-url",
+    help="Base of short URLs.  [env: BOLTLINK_PUBLIC_URL; default: http://HOST:PORT]",
+)
 @click.pass_context
 @_fail_cleanly
 def serve(
@@ -80,7 +99,10 @@ def serve(
     workers: int | None,
     public_url: str | None,
 ) -> None:
-    """Serve redirects and the API (and, embedded, the click consumers)."""
+    """Serve redirects and the API.
+
+    In the embedded and mixed profiles it also runs the click consumers.
+    """
     options = {"host": host, "port": port, "workers": workers, "public_url": public_url}
     ctx.find_root().obj.update({k: v for k, v in options.items() if v is not None})
     settings = _settings(ctx)
@@ -136,7 +158,7 @@ cli.add_command(_consumer_command("ingest"))
 @_fail_cleanly
 def migrate(ctx: click.Context, analytics: bool) -> None:
     """Bring the link store (and ClickHouse) schema up to date."""
-    settings = _settings(ctx)
+    settings = _settings(ctx, quiet=True)
     from boltlink.serve import migrate_all
 
     for line in migrate_all(settings, analytics=analytics):
@@ -163,7 +185,7 @@ def keys() -> None:
 @_fail_cleanly
 def keys_create(ctx: click.Context, name: str, scopes: tuple[str, ...]) -> None:
     """Create a key and print it once, as the last line of stdout."""
-    settings = _settings(ctx)
+    settings = _settings(ctx, quiet=True)
     from boltlink.keycmds import create_key
 
     key, raw = asyncio.run(create_key(settings, name, scopes))
@@ -179,7 +201,7 @@ def keys_create(ctx: click.Context, name: str, scopes: tuple[str, ...]) -> None:
 @_fail_cleanly
 def keys_list(ctx: click.Context) -> None:
     """List keys (never the keys themselves)."""
-    settings = _settings(ctx)
+    settings = _settings(ctx, quiet=True)
     from boltlink.keycmds import list_keys
 
     for key in asyncio.run(list_keys(settings)):
@@ -195,13 +217,116 @@ def keys_list(ctx: click.Context) -> None:
 @_fail_cleanly
 def keys_revoke(ctx: click.Context, key_id: int) -> None:
     """Revoke the key with id KEY_ID; it stops working at once."""
-    settings = _settings(ctx)
+    settings = _settings(ctx, quiet=True)
     from boltlink.keycmds import revoke_key
 
     key = asyncio.run(revoke_key(settings, key_id))
     if key is None:
         raise click.ClickException(f"no key with id {key_id}")
     click.echo(f"revoked key id={key.id} name={key.name!r}")
+
+
+@cli.group("dead-letters")
+def dead_letters() -> None:
+    """Inspect, replay and purge click entries that could not be applied."""
+
+
+@dead_letters.command("list")
+@click.option(
+    "--count", type=click.IntRange(1), default=100, show_default=True, help="At most."
+)
+@click.pass_context
+@_fail_cleanly
+def dead_letters_list(ctx: click.Context, count: int) -> None:
+    """List dead letters, oldest first, one a line."""
+    settings = _settings(ctx, quiet=True)
+    from boltlink.deadletters import list_dead_letters, run_with_redis
+
+    letters = run_with_redis(
+        settings, lambda redis, prefix: list_dead_letters(redis, prefix, count=count)
+    )
+    for letter in letters:
+        click.echo(
+            f"{letter.dead_id}\t{letter.group}\t{letter.stream}\t{letter.entry_id}"
+            f"\tdeliveries={letter.deliveries}\t{letter.error}"
+        )
+
+
+@dead_letters.command("show")
+@click.argument("dead_id")
+@click.pass_context
+@_fail_cleanly
+def dead_letters_show(ctx: click.Context, dead_id: str) -> None:
+    """Show the dead letter DEAD_ID with its payload."""
+    settings = _settings(ctx, quiet=True)
+    from boltlink.deadletters import run_with_redis, show_dead_letter
+
+    letter = run_with_redis(
+        settings, lambda redis, prefix: show_dead_letter(redis, prefix, dead_id)
+    )
+    if letter is None:
+        raise click.ClickException(f"no dead letter with id {dead_id!r}")
+    for name in ("dead_id", "stream", "entry_id", "delivered_as", "group"):
+        click.echo(f"{name}: {getattr(letter, name)}")
+    click.echo(f"deliveries: {letter.deliveries}")
+    click.echo(f"error: {letter.error}")
+    for key, value in sorted(letter.payload.items()):
+        click.echo(f"payload.{key}: {value}")
+
+
+def _chosen(dead_ids: tuple[str, ...], every: bool) -> list[str] | None:
+    if bool(dead_ids) == every:
+        raise click.UsageError("give dead letter ids or --all, not both or neither")
+    return None if every else list(dead_ids)
+
+
+@dead_letters.command("replay")
+@click.argument("dead_ids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Replay every dead letter.")
+@click.pass_context
+@_fail_cleanly
+def dead_letters_replay(
+    ctx: click.Context, dead_ids: tuple[str, ...], every: bool
+) -> None:
+    """Add dead letters back to their stream, for their own group only."""
+    chosen = _chosen(dead_ids, every)
+    settings = _settings(ctx, quiet=True)
+    from boltlink.deadletters import replay_dead_letters, run_with_redis
+
+    try:
+        replayed = run_with_redis(
+            settings,
+            lambda redis, prefix: replay_dead_letters(redis, prefix, chosen),
+        )
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    for letter, new_id in replayed:
+        click.echo(
+            f"replayed {letter.dead_id} as {new_id} in {letter.stream} "
+            f"for group {letter.group}"
+        )
+
+
+@dead_letters.command("purge")
+@click.argument("dead_ids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Delete every dead letter.")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting them all.")
+@click.pass_context
+@_fail_cleanly
+def dead_letters_purge(
+    ctx: click.Context, dead_ids: tuple[str, ...], every: bool, yes: bool
+) -> None:
+    """Delete dead letters for good."""
+    chosen = _chosen(dead_ids, every)
+    settings = _settings(ctx, quiet=True)
+    if chosen is None and not yes:
+        click.confirm("delete every dead letter?", abort=True)
+    from boltlink.deadletters import purge_dead_letters, run_with_redis
+
+    count = run_with_redis(
+        settings, lambda redis, prefix: purge_dead_letters(redis, prefix, chosen)
+    )
+    click.echo(f"purged {count} dead letters")
 
 
 def main() -> None:

@@ -84,6 +84,9 @@ class EmbeddedValkey:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,
+            # Its own session: a Ctrl-C in the terminal goes to serve, which
+            # drains its workers and then stops Valkey, not to Valkey first.
+            start_new_session=True,
         )
         self._wait_ready(timeout)
         logger.info(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
+import socket
 from collections.abc import Iterator
 from typing import Any
 
+from boltlink.errors import ConfigError
 from boltlink.settings import Secret, Settings, export_to_environ
 from boltlink.store import migrate
 
@@ -36,19 +40,71 @@ def serve_forever(settings: Settings, log_config: dict[str, Any]) -> None:
     """Run the server until SIGTERM or SIGINT; stop the embedded Valkey after."""
     from boltlink.embedded import EmbeddedValkey
 
-    valkey = None
-    if settings.uses_embedded_redis:
-        valkey = EmbeddedValkey(settings.data_dir / "valkey")
-        valkey.start()
-        settings = dataclasses.replace(settings, embedded_redis_url=Secret(valkey.url))
+    settings = dataclasses.replace(settings, host=_listen_address(settings.host))
+    _check_port_free(settings.host, settings.port)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with _data_dir_lock(settings):
+        valkey = None
+        if settings.uses_embedded_redis:
+            valkey = EmbeddedValkey(settings.data_dir / "valkey")
+            valkey.start()
+            url = Secret(valkey.url)
+            settings = dataclasses.replace(settings, embedded_redis_url=url)
+        try:
+            if not settings.database_url:
+                migrate(settings.database_dsn, schema=settings.database_schema)
+            _run_granian(settings, log_config)
+        finally:
+            # Stopped last, after granian drained its workers, so their
+            # final clicks and acknowledgements still reach it.
+            if valkey is not None:
+                valkey.stop()
+
+
+def _listen_address(host: str) -> str:
+    # Granian takes an IP address; resolve names such as "localhost".
     try:
-        if not settings.database_url:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            migrate(settings.database_dsn, schema=settings.database_schema)
-        _run_granian(settings, log_config)
-    finally:
-        if valkey is not None:
-            valkey.stop()
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve BOLTLINK_HOST {host!r}: {exc}") from None
+    return str(infos[0][4][0])
+
+
+def _check_port_free(host: str, port: int) -> None:
+    # Granian binds with SO_REUSEPORT, so a second server on a taken port
+    # would start and share its traffic; refuse instead.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}"
+            ) from None
+
+
+@contextlib.contextmanager
+def _data_dir_lock(settings: Settings) -> Iterator[None]:
+    """Hold the data folder for this server; refuse a second one on it."""
+    uses_chdb = settings.clickhouse_dsn.startswith("chdb:")
+    embedded = (
+        settings.database_url is None
+        or settings.uses_embedded_redis
+        or (settings.inprocess_workers and uses_chdb)
+    )
+    if not embedded:
+        yield
+        return
+    with open(settings.data_dir / "serve.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"data folder {str(settings.data_dir)!r} is in use by another "
+                "boltlink serve; give this one its own BOLTLINK_DATA_DIR"
+            ) from None
+        yield
 
 
 def _run_granian(settings: Settings, log_config: dict[str, Any]) -> None:
@@ -56,15 +112,16 @@ def _run_granian(settings: Settings, log_config: dict[str, Any]) -> None:
     from granian.server import Server
 
     export_to_environ(settings)
-    profile = "embedded" if settings.inprocess_workers else "production"
     logger.info(
-        "serving profile=%s address=%s:%d workers=%d public_url=%s store=%s",
-        profile,
+        "serving profile=%s address=%s:%d workers=%d public_url=%s store=%s "
+        "consumers=%s",
+        settings.profile,
         settings.host,
         settings.port,
         settings.workers,
         settings.public_url,
         "postgres" if settings.database_url else "sqlite",
+        "in-process" if settings.inprocess_workers else "separate",
     )
     Server(
         "boltlink.asgi:create_worker_app",

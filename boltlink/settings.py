@@ -119,7 +119,16 @@ class Settings:
     batch_size: int = 500
     block_ms: int = 1000
     consumers: int = 1
+    claim_interval: float = 5.0
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    stop_timeout: float = 10.0
+    trim_interval: float = 10.0
     inprocess_workers: bool = True
+    clicks_ttl_days: int = 0
+    clickhouse_cluster: str = ""
+    geoip_db: Path | None = None
+    ip_storage: str = "truncate"
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: bool = True
@@ -180,6 +189,19 @@ class Settings:
         return f"chdb://{self.data_dir.resolve() / 'chdb'}"
 
     @property
+    def profile(self) -> str:
+        """Name the profile: embedded, production, or mixed."""
+        servers = [
+            self.database_url is not None,
+            self.redis_url is not None,
+            self.clickhouse_url is not None
+            and not str(self.clickhouse_url).startswith("chdb:"),
+        ]
+        if all(servers):
+            return "production"
+        return "mixed" if any(servers) else "embedded"
+
+    @property
     def uses_embedded_redis(self) -> bool:
         """Tell whether this process needs the embedded Valkey server."""
         return self.redis_url is None
@@ -213,10 +235,16 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "batch_size": (1, 100_000),
     "block_ms": (1, 60_000),
     "consumers": (1, 64),
+    "claim_idle_ms": (10, 86_400_000),
+    "max_deliveries": (1, 1000),
+    "clicks_ttl_days": (0, 36_500),
 }
 _FLOAT_LIMITS: dict[str, tuple[float, float]] = {
     "cache_ttl": (0.0, 86_400.0),
     "negative_cache_ttl": (0.0, 86_400.0),
+    "claim_interval": (0.01, 3600.0),
+    "stop_timeout": (0.0, 3600.0),
+    "trim_interval": (0.01, 86_400.0),
 }
 _BOOLS = {"inprocess_workers", "access_log"}
 
@@ -231,12 +259,14 @@ def _cast_one(key: str, value: str) -> Any:
         return _cast_bool(name, value)
     if key == "data_dir":
         return Path(value)
+    if key in _ANALYTICS_CHECKS:
+        return _ANALYTICS_CHECKS[key](name, value)
     if key == "database_url":
         return _check_url(name, value, _DATABASE_SCHEMES) if value else None
     if key in {"redis_url", "embedded_redis_url"}:
         return _check_url(name, value, _REDIS_SCHEMES) if value else None
     if key == "clickhouse_url":
-        return _check_url(name, value, _CLICKHOUSE_SCHEMES) if value else None
+        return _check_clickhouse_url(name, value) if value else None
     if key == "public_url":
         return _check_public_url(value) if value else ""
     if key == "log_level":
@@ -246,6 +276,16 @@ def _cast_one(key: str, value: str) -> Any:
     if key == "database_schema":
         return _check_identifier(name, value)
     return value
+
+
+def _check_clickhouse_url(name: str, value: str) -> Secret:
+    url = _check_url(name, value, _CLICKHOUSE_SCHEMES)
+    if value.lower().startswith("chdb:") and not value[5:].startswith("///"):
+        raise ConfigError(
+            f"{name} must name an absolute chDB folder (chdb:///abs/path), "
+            f"got {value!r}"
+        )
+    return url
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -258,6 +298,32 @@ def _check_identifier(name: str, value: str) -> str:
     if not value.isidentifier() or not value.isascii():
         raise ConfigError(f"{name} must be a plain SQL identifier, got {value!r}")
     return value.lower()
+
+
+def _check_file(name: str, value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"{name} must name a readable file, got {value!r}")
+    return path
+
+
+def _check_cluster(name: str, value: str) -> str:
+    # The name is written into DDL as ON CLUSTER and a Distributed engine
+    # argument, so only a plain identifier is accepted.
+    if not value.replace("-", "_").isidentifier() or not value.isascii():
+        raise ConfigError(f"{name} must be a plain cluster name, got {value!r}")
+    return value
+
+
+_ANALYTICS_CHECKS: dict[str, Any] = {
+    "geoip_db": lambda name, value: _check_file(name, value) if value else None,
+    "ip_storage": lambda name, value: _check_choice(
+        name, value.lower(), ("truncate", "drop")
+    ),
+    "clickhouse_cluster": lambda name, value: (
+        _check_cluster(name, value) if value else ""
+    ),
+}
 
 
 def export_to_environ(settings: Settings) -> None:

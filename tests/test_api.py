@@ -341,3 +341,10 @@ async def test_wrong_method_is_a_problem(client: Any, auth: Any) -> None:
 
     assert response.status_code == 405
     assert response.json()["code"] == "method_not_allowed"
+
+
+async def test_auth_header_without_bearer_says_so(client: Any, api_key: str) -> None:
+    response = await client.get("/api/v1/links", headers={"Authorization": api_key})
+
+    assert response.status_code == 401
+    assert response.json()["detail"] == "authorization header must read 'Bearer <key>'"

@@ -217,3 +217,46 @@ def test_keys_lifecycle_on_postgres(tmp_path: Path, pg_schema: str) -> None:
     assert re.fullmatch(r"link store: [1-9]\d* migrations applied\n", migrated.stdout)
 
     _assert_key_lifecycle(tmp_path, **settings)
+
+
+def test_serve_on_taken_port_stops_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _boltlink(tmp_path, "serve", "--port", str(port))
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
+
+
+def test_serve_refuses_a_data_folder_held_by_another(tmp_path: Path) -> None:
+    import fcntl
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "serve.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        result = _boltlink(tmp_path, "serve", "--port", str(port), data_dir=str(data))
+
+    assert result.returncode == 1
+    assert "is in use by another boltlink serve" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_relative_chdb_url_stops_with_one_line(tmp_path: Path) -> None:
+    result = _boltlink(tmp_path, "migrate", clickhouse_url="chdb://relative/x")
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Error: BOLTLINK_CLICKHOUSE_URL must name an absolute chDB folder "
+        "(chdb:///abs/path), got 'chdb://relative/x'"
+    )

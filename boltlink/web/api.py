@@ -48,9 +48,12 @@ async def authorize(request: Request, scope: str) -> ApiKey:
             "api keys are accepted only in the Authorization or X-Api-Key header"
         )
     raw = request.headers.get("x-api-key", "")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         raw = token.strip()
+    elif authorization and not raw:
+        raise Unauthorized("authorization header must read 'Bearer <key>'")
     if not raw:
         raise Unauthorized("missing api key: send Authorization: Bearer <key>")
 

@@ -19,7 +19,7 @@ from boltlink.backends import connect_redis, open_store
 from boltlink.clicks import stream_names
 from boltlink.recorder import ClickRecorder
 from boltlink.settings import Settings
-from boltlink.web import api
+from boltlink.web import api, stats
 from boltlink.web.problems import EXCEPTION_HANDLERS
 from boltlink.web.redirect import redirect
 from boltlink.web.resolver import LinkResolver
@@ -114,13 +114,14 @@ def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlet
         finally:
             stop.set()
             await _finish(tasks)
+            await stats.close_analytics(app)
             await close_runtime(runtime)
 
     routes: list[Any] = [
         Route("/health", health, methods=["GET", "HEAD"]),
         Route("/ready", ready, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Mount("/api/v1", routes=api.routes),
+        Mount("/api/v1", routes=api.routes + stats.routes),
         Route("/{code}", redirect, methods=["GET", "HEAD"]),
     ]
     return Starlette(

@@ -2,21 +2,26 @@
 
 ``run_role`` is what ``boltlink aggregate`` and ``boltlink ingest`` run, and
 what ``boltlink serve`` runs as background jobs in the embedded profile.
+Besides its consumers, each role process trims the click streams behind
+the slowest group (see :mod:`boltlink.workers.retention`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from boltlink.analytics import AnalyticsStore
-from boltlink.backends import connect_clickhouse, connect_redis, open_store
+from boltlink.analytics import acquire, release
+from boltlink.backends import connect_redis, open_store
 from boltlink.clicks import stream_names
 from boltlink.settings import Settings
-from boltlink.workers.consumer import Sink, StreamConsumer
+from boltlink.workers.consumer import Probe, Sink, StreamConsumer, create_groups
+from boltlink.workers.retention import run_retention
 from boltlink.workers.sinks import AggregateSink, IngestSink
 
 __all__ = ["ROLES", "run_role"]
@@ -29,18 +34,23 @@ def consumer_name(role: str, index: int) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{index}"
 
 
-async def _open_sink(role: str, settings: Settings) -> tuple[Sink, Any]:
+async def _open_sink(
+    role: str, settings: Settings, redis: Any
+) -> tuple[Sink, Probe, Callable[[], Awaitable[None]]]:
+    """Return the role's sink, its health probe, and how to close it."""
     if role == "aggregate":
         store = await open_store(settings)
-        return AggregateSink(store), store.close
-    client = await asyncio.to_thread(connect_clickhouse, settings)
-    analytics = AnalyticsStore(client)
-    await asyncio.to_thread(analytics.migrate)
+        return AggregateSink(store), store.ping, store.close
+    # One analytics store per process: in the embedded profile the stats
+    # API shares it (chDB allows one client per data folder).
+    analytics = await asyncio.to_thread(acquire, settings)
+    sink = IngestSink.for_settings(analytics, settings, redis)
 
     async def close() -> None:
-        analytics.close()
+        sink.close()
+        await asyncio.to_thread(release, analytics)
 
-    return IngestSink(analytics), close
+    return sink, analytics.ping, close
 
 
 async def run_role(
@@ -49,8 +59,12 @@ async def run_role(
     """Run ``consumers`` consumers of ``role`` until ``stop`` is set."""
     logger = logging.getLogger(f"boltlink.{role}")
     count = consumers or settings.consumers
-    sink, close_sink = await _open_sink(role, settings)
     redis = connect_redis(settings, socket_timeout=settings.block_ms / 1000 + 5)
+    try:
+        sink, probe, close_sink = await _open_sink(role, settings, redis)
+    except BaseException:
+        await redis.aclose()
+        raise
     streams = stream_names(settings.redis_prefix, settings.stream_partitions)
     workers = [
         StreamConsumer(
@@ -61,23 +75,33 @@ async def run_role(
             prefix=settings.redis_prefix,
             batch_size=settings.batch_size,
             block_ms=settings.block_ms,
+            claim_idle_ms=settings.claim_idle_ms,
+            claim_interval=settings.claim_interval,
+            max_deliveries=settings.max_deliveries,
+            probe=probe,
         )
         for index in range(count)
     ]
     info = await _server_version(redis)
     logger.info(
         "%s started streams=%s group=%s consumers=%s batch_size=%d block_ms=%d "
-        "redis=%s",
+        "claim_idle_ms=%d max_deliveries=%d redis=%s",
         role,
         ",".join(streams),
         sink.name,
         ",".join(w.consumer for w in workers),
         settings.batch_size,
         settings.block_ms,
+        settings.claim_idle_ms,
+        settings.max_deliveries,
         info,
     )
+    tasks = [
+        asyncio.create_task(w.run(stop), name=f"consumer-{w.consumer}") for w in workers
+    ]
+    tasks.append(asyncio.create_task(_retain(redis, streams, stop, settings)))
     try:
-        await asyncio.gather(*(w.run(stop) for w in workers))
+        await _until_stopped(tasks, stop, settings.stop_timeout, logger)
     finally:
         for worker in workers:
             logger.info(
@@ -88,6 +112,54 @@ async def run_role(
             )
         await redis.aclose()
         await close_sink()
+
+
+async def _retain(
+    redis: Any, streams: list[str], stop: asyncio.Event, settings: Settings
+) -> None:
+    # Every role's group must exist before anything is trimmed: a group not
+    # created yet has no say in what the others trim away.
+    while not stop.is_set():
+        try:
+            await create_groups(redis, streams, ROLES)
+            break
+        except Exception as exc:
+            logging.getLogger("boltlink.retention").warning(
+                "could not create consumer groups, trimming waits: %s", exc
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.trim_interval)
+    await run_retention(redis, streams, stop, settings.trim_interval)
+
+
+async def _until_stopped(
+    tasks: list[asyncio.Task[None]],
+    stop: asyncio.Event,
+    timeout: float,
+    logger: logging.Logger,
+) -> None:
+    """Wait for ``stop``, then give ``tasks`` ``timeout`` seconds to finish."""
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            if late:
+                # Entries of a cancelled batch stay pending; a consumer
+                # reclaims them after BOLTLINK_CLAIM_IDLE_MS.
+                logger.warning(
+                    "%d tasks still busy %.1f s after stop, cancelled",
+                    len(late),
+                    timeout,
+                )
+    finally:
+        waiter.cancel()
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
 
 
 async def _server_version(redis: Any) -> str:

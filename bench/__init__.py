@@ -1,0 +1,1 @@
+"""Benchmark harness of BoltLink: baselines, redirects, API and pipeline."""

@@ -1,0 +1,214 @@
+"""Benchmark ``GET /{code}``: hot, cold, unknown codes, and the embedded profile.
+
+Every redirect benchmark of the production profile runs ``boltlink serve``
+on Postgres and Redis with ``boltlink aggregate`` beside it, as production
+does, and ends by checking that every answered redirect was counted once.
+The bare Starlette baseline with the same workers runs beside it, and the
+two are measured in turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.baselines import baseline_server
+from bench.measure import Measured, Plan, Row, measure, sample_rss
+from bench.results import BASELINE_STARLETTE, Memory, Results
+from bench.sandbox import Sandbox
+from bench.seed import create_key, create_links, drain_clicks, new_codes
+from bench.servers import (
+    Served,
+    boltlink_command,
+    free_port,
+    rss_mib,
+    serve,
+    spawn,
+    stop,
+)
+from bench.wrk import WrkResult
+
+__all__ = ["boltlink_server", "redirect_cold", "redirect_embedded", "redirect_hot"]
+
+
+@dataclass
+class BoltLinkServer:
+    """A BoltLink server ready for load, its API key, sandbox and baseline."""
+
+    served: Served
+    baseline: Served | None
+    key: str
+    box: Sandbox
+    production: bool
+
+    @property
+    def targets(self) -> list[Served]:
+        """Return BoltLink, then its baseline: the servers to load in turn."""
+        assert self.baseline is not None, "served without its baseline"
+        return [self.served, self.baseline]
+
+    def codes_file(self, codes: list[str], name: str) -> Path:
+        """Write ``codes`` one a line to a file in the sandbox; return it."""
+        path = self.box.folder / f"{name}.txt"
+        path.write_text("\n".join(codes) + "\n")
+        return path
+
+    def tally(self, name: str, runs: list[WrkResult], results: Results) -> None:
+        """Wait for the consumers, then record the click accounting."""
+        connections = results.plan.connections
+        results.tallies[name] = drain_clicks(
+            self.served.url,
+            self.key,
+            answered=sum(run.answered_ok for run in runs),
+            slack=connections * len(runs),
+            prefix=self.box.prefix if self.production else None,
+        )
+
+
+@contextlib.contextmanager
+def boltlink_server(
+    name: str, workers: int, *, production: bool = True, baseline: bool = True
+) -> Iterator[BoltLinkServer]:
+    """Serve BoltLink (and the Starlette baseline) in a sandbox of their own."""
+    port = free_port()
+    with Sandbox(name) as box, contextlib.ExitStack() as stack:
+        settings = {"BOLTLINK_PORT": str(port), "BOLTLINK_WORKERS": str(workers)}
+        if production:
+            env = box.production_env(**settings)
+            box.migrate(env)
+            aggregator = spawn(boltlink_command("aggregate"), env, box.log("aggregate"))
+            stack.callback(stop, aggregator)
+        else:
+            env = box.embedded_env(**settings)
+        key = create_key(env)
+        log = box.log("serve")
+        served = stack.enter_context(
+            serve(boltlink_command("serve"), env, port=port, log=log, workers=workers)
+        )
+        paired = None
+        if baseline:
+            paired = stack.enter_context(baseline_server(box, workers))
+        yield BoltLinkServer(served, paired, key, box, production)
+
+
+def _memory(
+    server: str, workers: int, rest: list[float], load: dict[int, float]
+) -> Memory:
+    return Memory(
+        server,
+        workers,
+        [round(m, 1) for m in rest],
+        [round(m, 1) for m in load.values()],
+    )
+
+
+def redirect_hot(plan: Plan, workers: int, results: Results) -> None:
+    """Cycle over a hundred links on the production profile."""
+    name = "redirect hot"
+    with boltlink_server(f"hot{workers}", workers) as server:
+        codes = new_codes(plan.hot_links, "h")
+        create_links(server.served.url, server.key, codes)
+        path = server.codes_file(codes, "hot")
+        pids = server.served.worker_pids()
+        rest = [m for m in map(rss_mib, pids) if m is not None]
+        with sample_rss(pids) as load:
+            measured, base = measure(
+                server.targets,
+                "cycle.lua",
+                plan,
+                env=lambda _: {"BENCH_CODES": str(path)},
+            )
+        results.rows.append(_row(name, workers, measured, base))
+        results.memory.append(_memory("production", workers, rest, load.peak_mib))
+        server.tally(f"{name} {workers}w", measured.every_run, results)
+
+
+def redirect_embedded(plan: Plan, results: Results) -> None:
+    """Cycle over a hundred links on the embedded profile, one worker."""
+    name = "redirect embedded"
+    with boltlink_server("embedded", 1, production=False) as server:
+        codes = new_codes(plan.hot_links, "e")
+        create_links(server.served.url, server.key, codes)
+        path = server.codes_file(codes, "hot")
+        pids = server.served.worker_pids()
+        rest = [m for m in map(rss_mib, pids) if m is not None]
+        with sample_rss(pids) as load:
+            measured, base = measure(
+                server.targets,
+                "cycle.lua",
+                plan,
+                env=lambda _: {"BENCH_CODES": str(path)},
+            )
+        results.rows.append(_row(name, 1, measured, base))
+        results.memory.append(_memory("embedded", 1, rest, load.peak_mib))
+        server.tally(f"{name} 1w", measured.every_run, results)
+
+
+def redirect_cold(plan: Plan, workers: int, results: Results) -> None:
+    """Request never-requested codes once each, then flood unknown codes."""
+    with boltlink_server(f"cold{workers}", workers) as server:
+        hot = new_codes(plan.hot_links, "h")
+        cold = new_codes(plan.cold_links, "c")
+        create_links(server.served.url, server.key, hot + cold)
+        hot_path = server.codes_file(hot, "hot")
+
+        # Warm the workers up on links that the cold runs never ask for.
+        warm, _ = measure(
+            server.targets,
+            "cycle.lua",
+            dataclasses.replace(plan, repeats=0),
+            env=lambda _: {"BENCH_CODES": str(hot_path)},
+        )
+        slices = _slices(server, cold, plan.repeats)
+        measured, base = measure(
+            server.targets,
+            "once.lua",
+            plan,
+            env=lambda n: {"BENCH_CODES": str(slices[n - 1])},
+            warmup=False,
+            seconds=plan.cold_seconds,
+        )
+        row = _row("redirect cold", workers, measured, base)
+        if any(run.wrapped for run in measured.runs):
+            row.notes.append("ran out of cold codes: some requests were warm")
+        results.rows.append(row)
+
+        flood, flood_base = measure(
+            server.targets,
+            "notfound.lua",
+            plan,
+            env=lambda n: {"BENCH_SEED": str(secrets.randbelow(2**31) + n)},
+            warmup=False,
+        )
+        results.rows.append(_flood_row(flood, flood_base, workers))
+        server.tally(
+            f"redirect cold {workers}w", warm.every_run + measured.runs, results
+        )
+
+
+def _slices(server: BoltLinkServer, cold: list[str], count: int) -> list[Path]:
+    # Each run gets its own slice of codes, so every request is a first one.
+    size = len(cold) // count
+    return [
+        server.codes_file(cold[n * size : (n + 1) * size], f"cold-{n}")
+        for n in range(count)
+    ]
+
+
+def _row(name: str, workers: int, measured: Measured, base: Measured) -> Row:
+    paired = Row(BASELINE_STARLETTE, workers, base.runs)
+    return Row(name, workers, measured.runs, paired)
+
+
+def _flood_row(flood: Measured, base: Measured, workers: int) -> Row:
+    # Every answer is a 404 here: wrk counts them as status errors, so the
+    # errors that matter are the script's "unexpected" answers and sockets.
+    runs = [
+        WrkResult(**{**vars(run), "status_errors": run.unexpected})
+        for run in flood.runs
+    ]
+    return _row("redirect 404 flood", workers, Measured(None, runs), base)

@@ -1,0 +1,246 @@
+"""Answer stats questions from the rollups, in ClickHouse, never in Python.
+
+A question names a time range, a bucket interval, an IANA time zone and a
+bot filter. It is answered from the cheapest source that is still exact:
+
+- ``clicks_daily`` when the zone is UTC throughout and the range starts and
+  ends on UTC midnights (day, week and month buckets);
+- ``clicks_hourly`` when every offset of the zone in the range is a whole
+  number of hours and the range starts and ends on the hour: a UTC hour
+  then lies inside one local hour, day, week and month, DST included;
+- the raw table otherwise (zones such as Asia/Kolkata at UTC+05:30, or a
+  range that starts mid-hour), still bucketed by ClickHouse in the zone.
+
+Buckets are computed by ClickHouse (``toStartOfHour(t, tz)``,
+``toDate(t, tz)``, ``toMonday``, ``toStartOfMonth``) and gap-filled here
+from the same calendar rules, so a bucket with no click reads zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from boltlink.analytics.schema import DIMENSIONS
+from boltlink.analytics.store import AnalyticsStore
+
+__all__ = ["INTERVALS", "StatsQuery", "bucket_starts", "link_stats"]
+
+INTERVALS = ("hour", "day", "week", "month")
+BOT_FILTERS = ("exclude", "include", "only")
+TOP_LIMIT = 10
+
+_BOT_CONDITION = {"exclude": "bot = 0", "include": "1", "only": "bot = 1"}
+
+
+@dataclass(frozen=True)
+class StatsQuery:
+    """One stats question: a half-open UTC range, buckets, zone, bot filter."""
+
+    start: datetime
+    end: datetime
+    interval: str = "day"
+    tz: str = "UTC"
+    bots: str = "exclude"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """Return the time zone buckets are cut in."""
+        return ZoneInfo(self.tz)
+
+
+@dataclass(frozen=True)
+class _Source:
+    table: str
+    time: str
+    clicks: str
+    visitors: str
+    dims: str
+
+
+_DAILY = _Source(
+    "clicks_daily", "day", "clicks", "uniqMergeIf(visitors, {c})", "clicks_dims_hourly"
+)
+_HOURLY = _Source(
+    "clicks_hourly",
+    "hour",
+    "clicks",
+    "uniqMergeIf(visitors, {c})",
+    "clicks_dims_hourly",
+)
+_RAW = _Source("clicks FINAL", "ts", "1", "uniqIf(visitor, {c})", "")
+
+
+def _offsets(query: StatsQuery) -> set[int]:
+    # Offsets change a few times a year; one sample a day finds them all.
+    zone, moment, seen = query.zone, query.start, set()
+    while moment <= query.end:
+        offset = moment.astimezone(zone).utcoffset() or timedelta()
+        seen.add(int(offset.total_seconds()))
+        moment += timedelta(days=1)
+    last = query.end.astimezone(zone).utcoffset() or timedelta()
+    seen.add(int(last.total_seconds()))
+    return seen
+
+
+def _source(query: StatsQuery) -> _Source:
+    offsets = _offsets(query)
+    start, end = query.start.timestamp(), query.end.timestamp()
+    whole_days = start % 86_400 == end % 86_400 == 0
+    if offsets == {0} and whole_days and query.interval != "hour":
+        return _DAILY
+    if all(o % 3600 == 0 for o in offsets) and start % 3600 == end % 3600 == 0:
+        return _HOURLY
+    return _RAW
+
+
+def _bucket_sql(source: _Source, interval: str) -> str:
+    t = source.time
+    if source is _DAILY:
+        return {"day": t, "week": f"toMonday({t})", "month": f"toStartOfMonth({t})"}[
+            interval
+        ]
+    return {
+        "hour": f"toUnixTimestamp(toStartOfHour({t}, {{tz:String}}))",
+        "day": f"toDate({t}, {{tz:String}})",
+        "week": f"toMonday({t}, {{tz:String}})",
+        "month": f"toStartOfMonth({t}, {{tz:String}})",
+    }[interval]
+
+
+def _range_sql(column: str) -> str:
+    if column == "day":
+        return (
+            "day >= toDate({start:DateTime64(3, 'UTC')}) "
+            "AND day < toDate({end:DateTime64(3, 'UTC')})"
+        )
+    return (
+        f"{column} >= {{start:DateTime64(3, 'UTC')}} "
+        f"AND {column} < {{end:DateTime64(3, 'UTC')}}"
+    )
+
+
+def _params(query: StatsQuery, link_id: int) -> dict[str, Any]:
+    return {
+        "link": link_id,
+        "start": query.start,
+        "end": query.end,
+        "tz": query.tz,
+    }
+
+
+async def link_stats(
+    store: AnalyticsStore, link_id: int, query: StatsQuery
+) -> dict[str, Any]:
+    """Return totals, the gap-filled series and the top dimensions of a link."""
+    source = _source(query)
+    params = _params(query, link_id)
+    condition = _BOT_CONDITION[query.bots]
+    where = f"link_id = {{link:UInt64}} AND {_range_sql(source.time)}"
+    measures = (
+        # Aliases differ from column names: ClickHouse would resolve a
+        # column named like an alias to the aggregate itself.
+        f"sumIf({source.clicks}, {condition}) AS total_clicks, "
+        f"sumIf({source.clicks}, bot = 0) AS human_clicks, "
+        f"sumIf({source.clicks}, bot = 1) AS bot_clicks, "
+        f"{source.visitors.format(c=condition)} AS unique_visitors"
+    )
+
+    totals = await store.query(
+        f"SELECT {measures} FROM {source.table} WHERE {where}", params
+    )
+    rows = await store.query(
+        f"SELECT toString({_bucket_sql(source, query.interval)}) AS bucket, "
+        f"{measures} FROM {source.table} WHERE {where} GROUP BY bucket",
+        params,
+    )
+    top = await _top(store, source, condition, params)
+    return {
+        "totals": _measures(totals[0] if totals else (0, 0, 0, 0)),
+        "series": _fill(query, {row[0]: row[1:] for row in rows}),
+        "top": top,
+    }
+
+
+def _measures(row: tuple[Any, ...]) -> dict[str, int]:
+    clicks, human, bot, visitors = row
+    return {
+        "clicks": int(clicks),
+        "human": int(human),
+        "bot": int(bot),
+        "visitors": int(visitors),
+    }
+
+
+async def _top(
+    store: AnalyticsStore,
+    source: _Source,
+    condition: str,
+    params: dict[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
+    # The hourly dimension rollup serves every rollup-exact question; the
+    # raw fallback unfolds the same pairs from the raw rows.
+    if source.dims:
+        where = f"link_id = {{link:UInt64}} AND {_range_sql('hour')}"
+        sql = (
+            f"SELECT dim, value, sum(clicks) AS n FROM {source.dims} "
+            f"WHERE {where} AND {condition} "
+        )
+    else:
+        pairs = ", ".join(
+            f"('{dim}', toString({column}))" for dim, column in DIMENSIONS.items()
+        )
+        where = f"link_id = {{link:UInt64}} AND {_range_sql('ts')}"
+        sql = (
+            "SELECT pair.1 AS dim, pair.2 AS value, count() AS n FROM clicks FINAL "
+            f"ARRAY JOIN [{pairs}] AS pair WHERE {where} AND {condition} "
+        )
+    sql += f"GROUP BY dim, value ORDER BY dim, n DESC, value LIMIT {TOP_LIMIT} BY dim"
+    top: dict[str, list[dict[str, Any]]] = {dim: [] for dim in DIMENSIONS}
+    for dim, value, count in await store.query(sql, params):
+        top[dim].append({"value": value, "clicks": int(count)})
+    return top
+
+
+def _fill(query: StatsQuery, found: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    series = []
+    for key, start in bucket_starts(query):
+        row = _measures(found.get(key, (0, 0, 0, 0)))
+        series.append({"start": start.isoformat(), **row})
+    return series
+
+
+def bucket_starts(query: StatsQuery) -> Iterator[tuple[str, datetime]]:
+    """Yield (ClickHouse bucket key, local start) of every bucket in range."""
+    zone = query.zone
+    if query.interval == "hour":
+        local = query.start.astimezone(zone)
+        moment = local.replace(minute=0, second=0, microsecond=0)
+        while moment < query.end:
+            yield str(int(moment.timestamp())), moment.astimezone(zone)
+            moment = (moment.astimezone(UTC) + timedelta(hours=1)).astimezone(zone)
+            moment = moment.replace(minute=0, second=0, microsecond=0)
+        return
+    day = _floor_date(query.start.astimezone(zone).date(), query.interval)
+    while (start := datetime(day.year, day.month, day.day, tzinfo=zone)) < query.end:
+        yield day.isoformat(), start
+        day = _next_date(day, query.interval)
+
+
+def _floor_date(day: date, interval: str) -> date:
+    if interval == "week":
+        return day - timedelta(days=day.weekday())
+    if interval == "month":
+        return day.replace(day=1)
+    return day
+
+
+def _next_date(day: date, interval: str) -> date:
+    if interval == "week":
+        return day + timedelta(days=7)
+    if interval == "month":
+        return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return day + timedelta(days=1)

@@ -1,0 +1,174 @@
+"""Keep click events in ClickHouse (a server, or chDB in the data folder).
+
+Inserts are idempotent twice over: each block carries an insert
+deduplication token derived from its stream entry ids, so a retried block
+is dropped by ClickHouse itself, raw table and rollups alike
+(``deduplicate_blocks_in_dependent_materialized_views``); and the raw table
+is a ``ReplacingMergeTree`` keyed on the event id, so an event inserted
+again in another block collapses at merge time and is never counted twice
+by ``FINAL`` reads. ``docs/analytics.md`` spells out what that leaves.
+
+chDB allows one process per data folder, and one client per process is the
+safe way to use it: :func:`acquire` hands every caller in a process the
+same store for the same DSN (the ingest sink and the stats API of the
+embedded profile), and :func:`release` closes it after its last user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from boltlink.analytics.schema import RAW_COLUMNS, Schema
+from boltlink.errors import BackendUnavailable
+from boltlink.settings import Settings
+
+__all__ = ["AnalyticsStore", "acquire", "dedup_token", "release"]
+
+COLUMN_NAMES = [name for name, _ in RAW_COLUMNS]
+
+# Insert settings of every block: carry the token to the rollups, and on a
+# cluster wait until every shard has the block so a retry sees the token.
+_INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+_CLUSTER_INSERT_SETTINGS = {"distributed_foreground_insert": 1}
+
+
+def dedup_token(stream: str, entry_ids: Sequence[str]) -> str:
+    """Return the insert deduplication token of a block of entries."""
+    digest = hashlib.sha256(stream.encode())
+    for entry_id in entry_ids:
+        digest.update(b"\0" + entry_id.encode())
+    return digest.hexdigest()
+
+
+class AnalyticsStore:
+    """Create the analytics schema, write click rows and run queries.
+
+    clickhouse-connect is synchronous; calls run in a worker thread, one at a
+    time, since a chDB session is not safe to share between threads at once.
+    """
+
+    def __init__(self, client: Any, schema: Schema | None = None) -> None:
+        self._client = client
+        self.schema = schema or Schema()
+        # Without an explicit schema the caller does not know the TTL
+        # setting, so migrating must leave the table's TTL as it is.
+        self._manage_ttl = schema is not None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_settings(cls, client: Any, settings: Settings) -> AnalyticsStore:
+        """Return a store whose schema follows ``settings``."""
+        schema = Schema(
+            cluster=settings.clickhouse_cluster, ttl_days=settings.clicks_ttl_days
+        )
+        return cls(client, schema)
+
+    def migrate(self) -> None:
+        """Create what does not exist yet and apply the TTL setting."""
+        with self._lock:
+            for statement in self.schema.statements():
+                self._client.command(statement)
+            if self._manage_ttl and not self.schema.ttl_days:
+                self._remove_ttl()
+
+    def _remove_ttl(self) -> None:
+        try:
+            self._client.command(self.schema.remove_ttl())
+        except Exception as exc:
+            # ClickHouse refuses to remove a TTL that was never set.
+            if "TTL" not in str(exc):
+                raise
+
+    def _locked(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(*args, **kwargs)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(self._locked, fn, *args, **kwargs)
+        except Exception as exc:
+            raise BackendUnavailable(f"clickhouse call failed: {exc}") from exc
+
+    async def insert_rows(self, token: str, rows: list[list[Any]]) -> int:
+        """Insert one block of raw rows under ``token``; return the row count."""
+        if not rows:
+            return 0
+        settings: dict[str, Any] = {
+            **_INSERT_SETTINGS,
+            "insert_deduplication_token": token,
+        }
+        if self.schema.cluster:
+            settings.update(_CLUSTER_INSERT_SETTINGS)
+        await self._call(
+            self._client.insert,
+            "clicks",
+            rows,
+            column_names=COLUMN_NAMES,
+            settings=settings,
+        )
+        return len(rows)
+
+    async def query(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run a read query with bound parameters; return its rows."""
+        result = await self._call(self._client.query, sql, parameters=parameters)
+        return [tuple(row) for row in result.result_rows]
+
+    async def count_clicks(self, link_id: int | None = None) -> int:
+        """Return the exact number of stored clicks, of one link or of all."""
+        where = "" if link_id is None else " WHERE link_id = {link:UInt64}"
+        rows = await self.query(
+            f"SELECT count() FROM clicks FINAL{where}", {"link": link_id or 0}
+        )
+        return int(rows[0][0])
+
+    async def ping(self) -> None:
+        """Run a trivial query."""
+        await self._call(self._client.command, "SELECT 1")
+
+    def close(self) -> None:
+        """Close the client."""
+        self._client.close()
+
+
+# -- one store per DSN per process --------------------------------------------
+
+_SHARED: dict[str, tuple[AnalyticsStore, int]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def acquire(settings: Settings) -> AnalyticsStore:
+    """Return this process's migrated store for the settings' DSN.
+
+    Blocking (it may connect and migrate): call it from a worker thread.
+    """
+    from boltlink.backends import connect_clickhouse
+
+    dsn = settings.clickhouse_dsn
+    with _SHARED_LOCK:
+        if dsn in _SHARED:
+            store, users = _SHARED[dsn]
+            _SHARED[dsn] = (store, users + 1)
+            return store
+        store = AnalyticsStore.for_settings(connect_clickhouse(settings), settings)
+        store.migrate()
+        _SHARED[dsn] = (store, 1)
+        return store
+
+
+def release(store: AnalyticsStore) -> None:
+    """Give back a store from :func:`acquire`; the last user closes it."""
+    with _SHARED_LOCK:
+        for dsn, (shared, users) in list(_SHARED.items()):
+            if shared is store:
+                if users > 1:
+                    _SHARED[dsn] = (shared, users - 1)
+                    return
+                del _SHARED[dsn]
+                break
+    store.close()

@@ -1,0 +1,115 @@
+"""Trim the click streams behind the slowest consumer group, never past it.
+
+An entry may go once every group is done with it: delivered to the group
+and acknowledged. Per partition, the oldest id still needed is the minimum
+over groups of the group's oldest pending id or, when nothing is pending,
+its last-delivered id; ``XTRIM MINID ~`` then drops whole radix-tree nodes
+below it (https://redis.io/docs/latest/commands/xtrim/). The approximate
+form keeps at most one node (``stream-node-max-entries``, 100 by default)
+of entries that could already go, and is much cheaper than exact trimming.
+
+The redirect side keeps ``XADD ... MAXLEN ~ BOLTLINK_STREAM_MAXLEN`` only as
+a hard memory cap for when a group falls that far behind; see
+docs/pipeline.md for what is lost then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis import exceptions as redis_errors
+
+from boltlink.workers.claims import entry_key
+from boltlink.workers.metrics import (
+    GROUP_LAG,
+    GROUP_PENDING,
+    STREAM_LENGTH,
+    STREAM_TRIMMED,
+)
+
+__all__ = ["oldest_needed", "run_retention", "trim_streams"]
+
+logger = logging.getLogger("boltlink.retention")
+
+# XTRIM with ``~`` removes at most 100 nodes' worth of entries per call by
+# default (its LIMIT), so a long backlog is trimmed over several calls.
+_MAX_TRIM_CALLS = 1000
+
+
+async def oldest_needed(redis: Any, stream: str, partition: int = 0) -> str | None:
+    """Return the oldest id some group of ``stream`` still needs.
+
+    Return ``None`` when the stream has no group, or does not exist: then no
+    group has said what it needs, and nothing is trimmed.
+    """
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except redis_errors.ResponseError:
+        return None
+    needed: list[str] = []
+    for group in groups:
+        name = _text(group["name"])
+        pending = int(group["pending"])
+        _report(name, partition, group.get("lag"), pending)
+
+        last = _text(group["last-delivered-id"])
+        if pending:
+            summary = await redis.xpending(stream, name)
+            if summary["min"] is not None:
+                last = min(last, _text(summary["min"]), key=entry_key)
+        needed.append(last)
+    return min(needed, key=entry_key) if needed else None
+
+
+async def trim_streams(redis: Any, streams: Sequence[str]) -> int:
+    """Trim every partition up to the oldest id it still needs; return how many."""
+    total = 0
+    for partition, stream in enumerate(streams):
+        needed = await oldest_needed(redis, stream, partition)
+        if needed is not None:
+            total += await _trim_to(redis, stream, partition, needed)
+        STREAM_LENGTH.labels(str(partition)).set(await redis.xlen(stream))
+    return total
+
+
+async def run_retention(
+    redis: Any, streams: Sequence[str], stop: asyncio.Event, interval: float
+) -> None:
+    """Trim the streams every ``interval`` seconds until ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            await trim_streams(redis, streams)
+        except (redis_errors.RedisError, OSError) as exc:
+            logger.warning("stream trimming skipped this round: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+async def _trim_to(redis: Any, stream: str, partition: int, minid: str) -> int:
+    total = 0
+    for _ in range(_MAX_TRIM_CALLS):
+        trimmed = int(await redis.xtrim(stream, minid=minid, approximate=True))
+        total += trimmed
+        if trimmed == 0:
+            break
+    STREAM_TRIMMED.labels(str(partition)).inc(total)
+    return total
+
+
+def _report(group: str, partition: int, lag: Any, pending: int) -> None:
+    # ``lag`` is Redis 7's count of entries not yet delivered to the group;
+    # it is nil when Redis cannot tell (after deletions inside the range).
+    labels = (group, str(partition))
+    GROUP_PENDING.labels(*labels).set(pending)
+    if lag is not None:
+        GROUP_LAG.labels(*labels).set(int(lag))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
