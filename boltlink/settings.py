@@ -122,7 +122,7 @@ class Settings:
     claim_interval: float = 5.0
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
-    stop_timeout: float = 10.0
+    shutdown_timeout: float = 10.0
     trim_interval: float = 10.0
     inprocess_workers: bool = True
     clicks_ttl_days: int = 0
@@ -132,6 +132,12 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: bool = True
+    access_log_probes: bool = False
+    tracing: bool = False
+    metrics_port: int = 0
+    # prometheus_client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR),
+    # made by `boltlink serve` for its workers.
+    metrics_dir: Path | None = None
     # Set by `boltlink serve` for its workers when it runs the embedded Valkey.
     embedded_redis_url: Secret | None = field(default=None, repr=False)
 
@@ -150,6 +156,8 @@ class Settings:
             for f in dataclasses.fields(cls)
             if _PREFIX + f.name.upper() in env
         }
+        if "metrics_dir" not in raw and env.get("PROMETHEUS_MULTIPROC_DIR"):
+            raw["metrics_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
         raw.update({k: str(v) for k, v in overrides.items() if v is not None})
         return cls._cast(raw)
 
@@ -238,15 +246,16 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "claim_idle_ms": (10, 86_400_000),
     "max_deliveries": (1, 1000),
     "clicks_ttl_days": (0, 36_500),
+    "metrics_port": (0, 65535),
 }
 _FLOAT_LIMITS: dict[str, tuple[float, float]] = {
     "cache_ttl": (0.0, 86_400.0),
     "negative_cache_ttl": (0.0, 86_400.0),
     "claim_interval": (0.01, 3600.0),
-    "stop_timeout": (0.0, 3600.0),
+    "shutdown_timeout": (0.0, 3600.0),
     "trim_interval": (0.01, 86_400.0),
 }
-_BOOLS = {"inprocess_workers", "access_log"}
+_BOOLS = {"inprocess_workers", "access_log", "access_log_probes", "tracing"}
 
 
 def _cast_one(key: str, value: str) -> Any:
@@ -257,7 +266,7 @@ def _cast_one(key: str, value: str) -> Any:
         return _cast_float(name, value, *_FLOAT_LIMITS[key])
     if key in _BOOLS:
         return _cast_bool(name, value)
-    if key == "data_dir":
+    if key in {"data_dir", "metrics_dir"}:
         return Path(value)
     if key in _ANALYTICS_CHECKS:
         return _ANALYTICS_CHECKS[key](name, value)

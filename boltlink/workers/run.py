@@ -101,7 +101,7 @@ async def run_role(
     ]
     tasks.append(asyncio.create_task(_retain(redis, streams, stop, settings)))
     try:
-        await _until_stopped(tasks, stop, settings.stop_timeout, logger)
+        await _until_stopped(tasks, stop, settings.shutdown_timeout, logger)
     finally:
         for worker in workers:
             logger.info(
