@@ -29,6 +29,8 @@ class Plan:
     pipeline_repeats: int = 3
     cold_links: int = 24_000
     cold_seconds: float = 2.0
+    #: Unknown codes per 404 flood run, each asked for many times.
+    flood_codes: int = 2_000
     hot_links: int = 100
 
 

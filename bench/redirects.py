@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.baselines import baseline_server
 from bench.measure import Measured, Plan, Row, measure, sample_rss
-from bench.results import BASELINE_STARLETTE, Memory, Results
-from bench.sandbox import Sandbox
+from bench.results import BASELINE_STARLETTE, Memory, Results, StoreReads
+from bench.sandbox import Sandbox, delete_keys
 from bench.seed import create_key, create_links, drain_clicks, new_codes
 from bench.servers import (
     Served,
@@ -34,6 +34,8 @@ from bench.wrk import WrkResult
 
 __all__ = ["boltlink_server", "redirect_cold", "redirect_embedded", "redirect_hot"]
 
+_STATS_IDLE_SECONDS = 11.0
+
 
 @dataclass
 class BoltLinkServer:
@@ -44,6 +46,7 @@ class BoltLinkServer:
     key: str
     box: Sandbox
     production: bool
+    workers: int
 
     @property
     def targets(self) -> list[Served]:
@@ -92,7 +95,7 @@ def boltlink_server(
         paired = None
         if baseline:
             paired = stack.enter_context(baseline_server(box, workers))
-        yield BoltLinkServer(served, paired, key, box, production)
+        yield BoltLinkServer(served, paired, key, box, production, workers)
 
 
 def _memory(
@@ -154,6 +157,9 @@ def redirect_cold(plan: Plan, workers: int, results: Results) -> None:
         hot = new_codes(plan.hot_links, "h")
         cold = new_codes(plan.cold_links, "c")
         create_links(server.served.url, server.key, hot + cold)
+        # The API wrote every new link to Redis: drop the cold ones' copies,
+        # so that their first request finds them in no cache at all.
+        delete_keys(server.box.prefix, f"link:{cold[0].rpartition('-')[0]}-*")
         hot_path = server.codes_file(hot, "hot")
 
         # Warm the workers up on links that the cold runs never ask for.
@@ -163,31 +169,68 @@ def redirect_cold(plan: Plan, workers: int, results: Results) -> None:
             dataclasses.replace(plan, repeats=0),
             env=lambda _: {"BENCH_CODES": str(hot_path)},
         )
-        slices = _slices(server, cold, plan.repeats)
-        measured, base = measure(
-            server.targets,
-            "once.lua",
-            plan,
-            env=lambda n: {"BENCH_CODES": str(slices[n - 1])},
-            warmup=False,
-            seconds=plan.cold_seconds,
-        )
-        row = _row("redirect cold", workers, measured, base)
-        if any(run.wrapped for run in measured.runs):
-            row.notes.append("ran out of cold codes: some requests were warm")
-        results.rows.append(row)
+        cold_runs = _cold_runs(server, cold, plan, results)
+        _flood(server, plan, workers, results)
+        server.tally(f"redirect cold {workers}w", warm.every_run + cold_runs, results)
 
-        flood, flood_base = measure(
-            server.targets,
-            "notfound.lua",
-            plan,
-            env=lambda n: {"BENCH_SEED": str(secrets.randbelow(2**31) + n)},
-            warmup=False,
-        )
-        results.rows.append(_flood_row(flood, flood_base, workers))
-        server.tally(
-            f"redirect cold {workers}w", warm.every_run + measured.runs, results
-        )
+
+def _cold_runs(
+    server: BoltLinkServer, cold: list[str], plan: Plan, results: Results
+) -> list[WrkResult]:
+    slices = _slices(server, cold, plan.repeats)
+    before = _settled_reads(server.box, after_load=False)
+    measured, base = measure(
+        server.targets,
+        "once.lua",
+        plan,
+        env=lambda n: {"BENCH_CODES": str(slices[n - 1])},
+        warmup=False,
+        seconds=plan.cold_seconds,
+    )
+    reads = _settled_reads(server.box) - before
+    row = _row("redirect cold", server.workers, measured, base)
+    if any(run.wrapped for run in measured.runs):
+        row.notes.append("ran out of cold codes: some requests were warm")
+    results.rows.append(row)
+    # Proof that the runs were cold: about one store read per request.
+    row.notes.append(f"{reads:,} postgres reads")
+    return measured.runs
+
+
+def _flood(server: BoltLinkServer, plan: Plan, workers: int, results: Results) -> None:
+    # Each run cycles over its own unknown codes: the first request of each
+    # may reach the store, every later one must be answered from a cache.
+    files = [
+        server.codes_file(new_codes(plan.flood_codes, "nf"), f"flood-{n}")
+        for n in range(plan.repeats)
+    ]
+    before = _settled_reads(server.box, after_load=False)
+    flood, flood_base = measure(
+        server.targets,
+        "notfound.lua",
+        plan,
+        env=lambda n: {"BENCH_CODES": str(files[n - 1])},
+        warmup=False,
+    )
+    reads = _settled_reads(server.box) - before
+    results.rows.append(_flood_row(flood, flood_base, workers))
+    codes = plan.flood_codes * plan.repeats
+    results.store_reads["redirect 404 flood"] = StoreReads(codes, reads)
+
+
+def _settled_reads(box: Sandbox, *, after_load: bool = True) -> int:
+    # Postgres publishes a backend's statistics some time after its
+    # transactions end: at most once a second while busy, within ten seconds
+    # once idle (PGSTAT_IDLE_INTERVAL). Wait that long, then until it is still.
+    if after_load:
+        time.sleep(_STATS_IDLE_SECONDS)
+    reads, since = box.code_lookups(), time.monotonic()
+    while time.monotonic() - since < 2.0:
+        time.sleep(0.5)
+        now = box.code_lookups()
+        if now != reads:
+            reads, since = now, time.monotonic()
+    return reads
 
 
 def _slices(server: BoltLinkServer, cold: list[str], count: int) -> list[Path]:

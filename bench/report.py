@@ -21,6 +21,8 @@ def render(results: Results) -> str:
         parts.append(_table(_memory_table(results)))
     if results.tallies:
         parts.append(_table(_tally_table(results)))
+    if results.store_reads:
+        parts.append(_table(_reads_table(results)))
     targets = list(_targets(results))
     if targets:
         parts.append(_table([["target", "measured", "met"], *targets]))
@@ -138,6 +140,20 @@ def _tally_table(results: Results) -> list[list[str]]:
     return rows
 
 
+def _reads_table(results: Results) -> list[list[str]]:
+    rows = [["postgres reads by code", "distinct codes", "reads", "after first miss"]]
+    for name, reads in results.store_reads.items():
+        rows.append(
+            [
+                name,
+                f"{reads.codes:,}",
+                f"{reads.reads:,}",
+                f"{reads.after_first_miss:,}",
+            ]
+        )
+    return rows
+
+
 def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -163,10 +179,25 @@ def _targets(results: Results) -> Iterator[list[str]]:
             str(hot.errors),
             _met(hot.errors == 0),
         ]
+    tally = results.tallies.get("redirect hot 2w")
+    if tally:
+        yield [
+            "redirect hot, 2 workers: every click accounted for",
+            f"{tally.counted:,} counted, {tally.answered:,} answered",
+            _met(tally.exact),
+        ]
     yield from _ratio_target(results, "redirect embedded", 1, 0.5)
     flood = next((r for r in results.rows if r.benchmark == "redirect 404 flood"), None)
     if flood:
         yield from _ratio_target(results, flood.benchmark, flood.workers, 0.7)
+    reads = results.store_reads.get(flood.benchmark if flood else "")
+    if reads:
+        yield [
+            "redirect 404 flood: no database query after the first miss per code",
+            f"{reads.after_first_miss:,} after first miss ({reads.reads:,} reads, "
+            f"{reads.codes:,} codes)",
+            _met(reads.after_first_miss == 0),
+        ]
     for p in results.pipeline:
         yield [
             f"pipeline {p.sink}, {p.consumers} consumer(s): >= 50,000 events/s "

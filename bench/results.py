@@ -13,7 +13,7 @@ from typing import Any
 from bench.measure import Plan, Row
 from bench.seed import Tally
 
-__all__ = ["Memory", "PipelineRow", "Results", "machine"]
+__all__ = ["Memory", "PipelineRow", "Results", "StoreReads", "machine"]
 
 BASELINE_STARLETTE = "baseline starlette"
 BASELINE_RAW = "baseline raw asgi"
@@ -58,6 +58,19 @@ class PipelineRow:
         return self.events_per_second / self.consumers
 
 
+@dataclass(frozen=True)
+class StoreReads:
+    """How often a benchmark's codes were read from Postgres by code."""
+
+    codes: int
+    reads: int
+
+    @property
+    def after_first_miss(self) -> int:
+        """Return the reads beyond one per code: queries a cache should stop."""
+        return max(0, self.reads - self.codes)
+
+
 @dataclass
 class Results:
     """Everything one run of the bench measured."""
@@ -68,6 +81,7 @@ class Results:
     tallies: dict[str, Tally] = field(default_factory=dict)
     memory: list[Memory] = field(default_factory=list)
     pipeline: list[PipelineRow] = field(default_factory=list)
+    store_reads: dict[str, StoreReads] = field(default_factory=dict)
 
     def find(self, benchmark: str, workers: int) -> Row | None:
         """Return the row of ``benchmark`` with ``workers``, if it ran."""
@@ -100,6 +114,10 @@ class Results:
             "rows": rows,
             "tallies": {name: t.to_dict() for name, t in self.tallies.items()},
             "memory": [asdict(m) for m in self.memory],
+            "store_reads": {
+                name: {**asdict(r), "after_first_miss": r.after_first_miss}
+                for name, r in self.store_reads.items()
+            },
             "pipeline": [
                 {**asdict(p), "events_per_second": round(p.events_per_second)}
                 for p in self.pipeline

@@ -92,6 +92,23 @@ class Sandbox:
         if done.returncode != 0:
             raise RuntimeError(f"boltlink migrate failed: {done.stderr.strip()}")
 
+    def code_lookups(self) -> int:
+        """Return how often Postgres has read this schema's links by code.
+
+        Index scans of the ``(domain, code)`` key plus sequential scans of
+        ``links``, from Postgres's own statistics: the other readers of the
+        table (the aggregate's updates by id) use the primary key.
+        """
+        with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT coalesce(i.idx_scan, 0) + coalesce(t.seq_scan, 0)"
+                " FROM pg_stat_user_tables AS t JOIN pg_stat_user_indexes AS i"
+                " ON i.relid = t.relid AND i.indexrelname = 'links_domain_code_key'"
+                " WHERE t.schemaname = %s AND t.relname = 'links'",
+                (self.schema,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def log(self, name: str) -> Path:
         """Return the path of a log file in the sandbox."""
         return self.folder / "logs" / f"{name}.log"
