@@ -22,6 +22,7 @@ from typing import IO
 
 from starlette.applications import Starlette
 
+from boltlink import tracing
 from boltlink.settings import Settings
 from boltlink.web.app import build_app
 from boltlink.workers.run import ROLES, run_role
@@ -56,6 +57,8 @@ def _try_lock(lock: IO[str]) -> bool:
 def create_app(settings: Settings | None = None) -> Starlette:
     """Return the app for ``settings`` (read from the environment if None)."""
     settings = settings or Settings.from_env()
+    if settings.tracing and not tracing.active:
+        tracing.configure("serve")
     jobs = [run_pipeline] if settings.inprocess_workers else []
     return build_app(settings, jobs)
 

@@ -55,7 +55,9 @@ def _settings(ctx: click.Context, *, quiet: bool = False) -> Settings:
 def _log_config(settings: Settings) -> dict[str, Any]:
     from boltlink.logs import logging_config
 
-    return logging_config(settings.log_level, settings.log_format)
+    return logging_config(
+        settings.log_level, settings.log_format, log_probes=settings.access_log_probes
+    )
 
 
 @click.group(context_settings=_CONTEXT)
@@ -137,8 +139,10 @@ def _consumer_command(role: str) -> click.Command:
                 f"boltlink {role} needs BOLTLINK_REDIS_URL; in the embedded "
                 "profile boltlink serve runs the consumers itself"
             )
+        from boltlink.observe import observe_consumers
         from boltlink.workers.run import run_role
 
+        observe_consumers(role, settings)
         _run_until_signalled(lambda stop: run_role(role, settings, stop, consumers))
 
     command.__doc__ = {

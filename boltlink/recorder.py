@@ -30,7 +30,9 @@ __all__ = ["ClickRecorder"]
 logger = logging.getLogger("boltlink.redirect")
 
 BUFFER_DEPTH = Gauge(
-    "boltlink_click_buffer_depth", "Clicks held in memory while Redis is unreachable"
+    "boltlink_click_buffer_depth",
+    "Clicks held in memory while Redis is unreachable",
+    multiprocess_mode="livesum",
 )
 BUFFER_DROPPED = Counter(
     "boltlink_click_buffer_dropped_total", "Clicks lost because the buffer was full"

@@ -6,8 +6,13 @@ import contextlib
 import dataclasses
 import fcntl
 import logging
+import math
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from boltlink.errors import ConfigError
@@ -53,12 +58,30 @@ def serve_forever(settings: Settings, log_config: dict[str, Any]) -> None:
         try:
             if not settings.database_url:
                 migrate(settings.database_dsn, schema=settings.database_schema)
-            _run_granian(settings, log_config)
+            with _metrics_folder() as folder:
+                settings = dataclasses.replace(settings, metrics_dir=folder)
+                _run_granian(settings, log_config)
         finally:
             # Stopped last, after granian drained its workers, so their
             # final clicks and acknowledgements still reach it.
             if valkey is not None:
                 valkey.stop()
+
+
+@contextlib.contextmanager
+def _metrics_folder() -> Iterator[Path]:
+    """Make a fresh folder for the workers' metric files; remove it after.
+
+    prometheus_client reads ``PROMETHEUS_MULTIPROC_DIR`` when a worker
+    imports it, so it is set here, before granian starts any worker. Files
+    left from an earlier server would add its counts to this one's.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="boltlink-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _listen_address(host: str) -> str:
@@ -134,4 +157,7 @@ def _run_granian(settings: Settings, log_config: dict[str, Any]) -> None:
         log_dictconfig=log_config,
         log_access=settings.access_log,
         respawn_failed_workers=True,
+        # Workers stop on their own within the shutdown timeout (the app's
+        # lifespan keeps to it); this only ends one that hangs.
+        workers_kill_timeout=math.ceil(settings.shutdown_timeout) + 5,
     ).serve()

@@ -133,7 +133,11 @@ async def test_health_and_ready_answer_ok(client: Any) -> None:
 
     assert health.status_code == 200
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"store": "ok", "redis": "ok"}
+    assert ready.json()["checks"] == {
+        "store": "ok",
+        "redis": "ok",
+        "clickhouse": "embedded",
+    }
 
 
 def test_reserved_codes_cover_every_routed_segment(app: Any) -> None:

@@ -5,21 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
-import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, Router
 
+from boltlink import metrics
 from boltlink.backends import connect_redis, open_store
 from boltlink.clicks import stream_names
 from boltlink.recorder import ClickRecorder
 from boltlink.settings import Settings
 from boltlink.web import api, stats
+from boltlink.web.instrument import ApiInstrumentation
+from boltlink.web.probes import Readiness, health, metrics_view, ready
 from boltlink.web.problems import EXCEPTION_HANDLERS
 from boltlink.web.redirect import redirect
 from boltlink.web.resolver import LinkResolver
@@ -32,39 +32,6 @@ logger = logging.getLogger("boltlink.api")
 #: A job the app runs beside the requests for its whole life (the embedded
 #: profile's aggregate and ingest loops); it gets the settings and a stop event.
 BackgroundJob = Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]
-
-_READY_TIMEOUT = 0.8
-
-
-async def health(request: Request) -> Response:
-    """Answer 200 while the process runs; checks no dependency."""
-    return Response(b'{"status":"ok"}', media_type="application/json")
-
-
-async def ready(request: Request) -> Response:
-    """Answer 200 when the link store and Redis answer, 503 otherwise."""
-    runtime: Runtime = request.app.state.runtime
-    checks = {
-        "store": runtime.store.ping(),
-        "redis": runtime.redis.ping(),
-    }
-    results: dict[str, str] = {}
-    for name, check in checks.items():
-        try:
-            await asyncio.wait_for(check, _READY_TIMEOUT / len(checks))
-            results[name] = "ok"
-        except Exception as exc:
-            results[name] = f"unavailable: {type(exc).__name__}"
-    status = 200 if all(v == "ok" for v in results.values()) else 503
-    body = {"status": "ok" if status == 200 else "unavailable", "checks": results}
-    return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json"
-    )
-
-
-async def metrics(request: Request) -> Response:
-    """Expose Prometheus metrics."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def open_runtime(settings: Settings) -> Runtime:
@@ -91,12 +58,19 @@ async def open_runtime(settings: Settings) -> Runtime:
     return Runtime(settings, store, redis, resolver, recorder, [pubsub_redis])
 
 
-async def close_runtime(runtime: Runtime) -> None:
-    """Write pending clicks, then close every client."""
-    await runtime.recorder.stop()
+async def close_runtime(runtime: Runtime, timeout: float = 5.0) -> None:
+    """Write pending clicks within ``timeout``, then close every client."""
+    await runtime.recorder.stop(timeout)
     for client in [runtime.redis, *runtime.closers]:
         await client.aclose()
     await runtime.store.close()
+
+
+def _pool_stats(runtime: Runtime) -> Callable[[], Any] | None:
+    # The Postgres store's psycopg pool counts its own work (pop_stats);
+    # SQLite has no pool.
+    pool = getattr(runtime.store, "_pool", None)
+    return pool.pop_stats if pool is not None else None
 
 
 def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlette:
@@ -106,26 +80,58 @@ def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlet
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = await open_runtime(settings)
         app.state.runtime = runtime
+        app.state.readiness = Readiness(runtime)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(runtime.resolver.listen(), name="link-changes")]
         tasks += [asyncio.create_task(job(settings, stop)) for job in jobs]
+        flusher = asyncio.create_task(
+            metrics.run_flusher(_pool_stats(runtime)), name="metrics"
+        )
         try:
             yield
         finally:
-            stop.set()
-            await _finish(tasks)
-            await stats.close_analytics(app)
-            await close_runtime(runtime)
+            await _shut_down(app, runtime, stop, tasks, settings.shutdown_timeout)
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            metrics.mark_stopped(settings.metrics_dir)
 
+    api_router = Router(api.routes + stats.routes)
     routes: list[Any] = [
         Route("/health", health, methods=["GET", "HEAD"]),
         Route("/ready", ready, methods=["GET", "HEAD"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Mount("/api/v1", routes=api.routes + stats.routes),
+        Route("/metrics", metrics_view, methods=["GET"]),
+        Mount("/api/v1", app=ApiInstrumentation(api_router, "/api/v1")),
         Route("/{code}", redirect, methods=["GET", "HEAD"]),
     ]
     return Starlette(
         routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan
+    )
+
+
+async def _shut_down(
+    app: Starlette,
+    runtime: Runtime,
+    stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+    timeout: float,
+) -> None:
+    """Stop within ``timeout``: clicks written, batches acknowledged, pools closed.
+
+    The server has stopped accepting and finished its requests by now. The
+    click buffer is written while the consumers finish their batch; what the
+    consumers did not read yet stays in the stream for their next start.
+    """
+    deadline = time.monotonic() + timeout
+    stop.set()
+    app.state.readiness.close()
+    await asyncio.gather(
+        runtime.recorder.stop(timeout * 0.8),
+        _finish(tasks, grace=timeout * 0.8),
+    )
+    await stats.close_analytics(app)
+    await close_runtime(runtime, max(deadline - time.monotonic(), 0.0))
+    logging.getLogger("boltlink.serve").info(
+        "worker stopped in %.1f s", timeout - (deadline - time.monotonic())
     )
 
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from prometheus_client import Counter
 from redis import exceptions as redis_errors
 
+from boltlink import tracing
+from boltlink.metrics import CACHE_LOOKUPS, Tally
 from boltlink.models import Link
 from boltlink.store import LinkStore
 
@@ -31,11 +32,11 @@ __all__ = ["LinkResolver", "Target"]
 
 logger = logging.getLogger("boltlink.redirect")
 
-CACHE_LOOKUPS = Counter(
-    "boltlink_link_cache_lookups_total",
-    "Link lookups by the layer that answered",
-    ["layer"],
-)
+# A local hit is the common redirect: count it in a plain integer (see
+# boltlink.metrics); the other layers cost a round trip anyway.
+_LOCAL_HITS = Tally(CACHE_LOOKUPS.labels("local"))
+_REDIS_HITS = CACHE_LOOKUPS.labels("redis")
+_STORE_LOOKUPS = CACHE_LOOKUPS.labels("store")
 _REDIS_FAULTS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _MISSING = b"-"
 # A live link's Redis copy is refreshed by every change, so it may live long.
@@ -139,25 +140,27 @@ class LinkResolver:
         if entry is None or entry[0] < time.monotonic():
             return None
         self._local.move_to_end(code)
-        CACHE_LOOKUPS.labels("local").inc()
+        _LOCAL_HITS.count += 1
         return entry
 
     async def _from_redis(self, code: str) -> tuple[Target | None, bool]:
         if self._redis_down_until > time.monotonic():
             return None, False
         try:
-            raw = await self._redis.get(self._key(code))
+            with tracing.span("link.cache.redis"):
+                raw = await self._redis.get(self._key(code))
         except _REDIS_FAULTS as exc:
             self._warn_degraded(code, exc)
             return None, False
         if raw is None:
             return None, False
-        CACHE_LOOKUPS.labels("redis").inc()
+        _REDIS_HITS.inc()
         return (None if raw == _MISSING else Target.loads(raw)), True
 
     async def _from_store(self, code: str) -> Target | None:
-        link = await self._store.get_link(code)
-        CACHE_LOOKUPS.labels("store").inc()
+        with tracing.span("link.store"):
+            link = await self._store.get_link(code)
+        _STORE_LOOKUPS.inc()
         target = Target.of(link) if link else None
         raw = target.dumps() if target else _MISSING
         ttl = _REDIS_TTL_SECONDS if target else max(1, int(self._negative_ttl))
