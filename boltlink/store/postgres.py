@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.errors import UniqueViolation
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -123,31 +122,25 @@ class PostgresStore:
 
     async def create_link(self, new: NewLink) -> Link:
         """Insert a link and its tags; raise ``CodeTaken`` if the code exists."""
-        t = self._tables
-        async with self._transaction() as conn:
-            try:
-                cursor = await conn.execute(
-                    f"INSERT INTO {t.links} (domain, code, url, title,"
-                    " redirect_status, expires_at, created_by)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                    (
-                        new.domain,
-                        new.code,
-                        new.url,
-                        new.title,
-                        new.redirect_status,
-                        _utc(new.expires_at),
-                        new.created_by,
-                    ),
-                )
-            except UniqueViolation as exc:
-                raise CodeTaken(
-                    f"code {new.code!r} already taken", field="code"
-                ) from exc
-
-            link_id = _one(await cursor.fetchone())[0]
-            await self._insert_tags(conn, link_id, new.tags)
-            return await self._fetch_link(conn, link_id)
+        # One statement, so one round trip and one commit: the tags go in
+        # with the link and the row comes back as select_link reads it. A
+        # code taken, even by a concurrent insert, inserts and returns nothing.
+        params = {
+            "domain": new.domain,
+            "code": new.code,
+            "url": new.url,
+            "title": new.title,
+            "status": new.redirect_status,
+            "expires": _utc(new.expires_at),
+            "by": new.created_by,
+            "tags": sorted(set(new.tags)),
+        }
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._tables.insert_link, params)
+            row = await cursor.fetchone()
+        if row is None:
+            raise CodeTaken(f"code {new.code!r} already taken", field="code")
+        return _link(row)
 
     async def get_link(self, code: str, domain: str = "") -> Link | None:
         """Return the link with exactly this code, deleted ones included."""
@@ -374,6 +367,18 @@ class _Tables:
             " l.redirect_status, l.expires_at, l.created_at, l.updated_at,"
             " l.deleted_at, l.clicks, l.created_by, l.domain"
             f" FROM {self.links} AS l"
+        )
+        self.insert_link = (
+            f"WITH l AS (INSERT INTO {self.links} (domain, code, url, title,"
+            " redirect_status, expires_at, created_by) VALUES (%(domain)s,"
+            " %(code)s, %(url)s, %(title)s, %(status)s, %(expires)s, %(by)s)"
+            " ON CONFLICT (domain, code) DO NOTHING RETURNING *),"
+            f" t AS (INSERT INTO {self.link_tags} (link_id, tag)"
+            " SELECT l.id, unnest(%(tags)s::text[]) FROM l)"
+            " SELECT l.id, l.code, l.url, l.title,"
+            " ARRAY(SELECT unnest(%(tags)s::text[]) ORDER BY 1),"
+            " l.redirect_status, l.expires_at, l.created_at, l.updated_at,"
+            " l.deleted_at, l.clicks, l.created_by, l.domain FROM l"
         )
 
 
