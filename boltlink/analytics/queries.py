@@ -27,13 +27,28 @@ from zoneinfo import ZoneInfo
 from boltlink.analytics.schema import DIMENSIONS
 from boltlink.analytics.store import AnalyticsStore
 
-__all__ = ["INTERVALS", "StatsQuery", "bucket_starts", "link_stats"]
+__all__ = [
+    "BOT_CONDITION",
+    "BOT_FILTERS",
+    "DAILY",
+    "HOURLY",
+    "INTERVALS",
+    "RAW",
+    "Source",
+    "StatsQuery",
+    "bucket_starts",
+    "link_stats",
+    "measures_of",
+    "measures_sql",
+    "range_sql",
+    "source_for",
+]
 
 INTERVALS = ("hour", "day", "week", "month")
 BOT_FILTERS = ("exclude", "include", "only")
 TOP_LIMIT = 10
 
-_BOT_CONDITION = {"exclude": "bot = 0", "include": "1", "only": "bot = 1"}
+BOT_CONDITION = {"exclude": "bot = 0", "include": "1", "only": "bot = 1"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,9 @@ class StatsQuery:
 
 
 @dataclass(frozen=True)
-class _Source:
+class Source:
+    """Where a question is answered: a table, its time column, its measures."""
+
     table: str
     time: str
     clicks: str
@@ -61,17 +78,17 @@ class _Source:
     dims: str
 
 
-_DAILY = _Source(
+DAILY = Source(
     "clicks_daily", "day", "clicks", "uniqMergeIf(visitors, {c})", "clicks_dims_hourly"
 )
-_HOURLY = _Source(
+HOURLY = Source(
     "clicks_hourly",
     "hour",
     "clicks",
     "uniqMergeIf(visitors, {c})",
     "clicks_dims_hourly",
 )
-_RAW = _Source("clicks FINAL", "ts", "1", "uniqIf(visitor, {c})", "")
+RAW = Source("clicks FINAL", "ts", "1", "uniqIf(visitor, {c})", "")
 
 
 def _offsets(query: StatsQuery) -> set[int]:
@@ -86,20 +103,20 @@ def _offsets(query: StatsQuery) -> set[int]:
     return seen
 
 
-def _source(query: StatsQuery) -> _Source:
+def source_for(query: StatsQuery) -> Source:
     offsets = _offsets(query)
     start, end = query.start.timestamp(), query.end.timestamp()
     whole_days = start % 86_400 == end % 86_400 == 0
     if offsets == {0} and whole_days and query.interval != "hour":
-        return _DAILY
+        return DAILY
     if all(o % 3600 == 0 for o in offsets) and start % 3600 == end % 3600 == 0:
-        return _HOURLY
-    return _RAW
+        return HOURLY
+    return RAW
 
 
-def _bucket_sql(source: _Source, interval: str) -> str:
+def _bucket_sql(source: Source, interval: str) -> str:
     t = source.time
-    if source is _DAILY:
+    if source is DAILY:
         return {"day": t, "week": f"toMonday({t})", "month": f"toStartOfMonth({t})"}[
             interval
         ]
@@ -111,7 +128,7 @@ def _bucket_sql(source: _Source, interval: str) -> str:
     }[interval]
 
 
-def _range_sql(column: str) -> str:
+def range_sql(column: str) -> str:
     if column == "day":
         return (
             "day >= toDate({start:DateTime64(3, 'UTC')}) "
@@ -136,18 +153,11 @@ async def link_stats(
     store: AnalyticsStore, link_id: int, query: StatsQuery
 ) -> dict[str, Any]:
     """Return totals, the gap-filled series and the top dimensions of a link."""
-    source = _source(query)
+    source = source_for(query)
     params = _params(query, link_id)
-    condition = _BOT_CONDITION[query.bots]
-    where = f"link_id = {{link:UInt64}} AND {_range_sql(source.time)}"
-    measures = (
-        # Aliases differ from column names: ClickHouse would resolve a
-        # column named like an alias to the aggregate itself.
-        f"sumIf({source.clicks}, {condition}) AS total_clicks, "
-        f"sumIf({source.clicks}, bot = 0) AS human_clicks, "
-        f"sumIf({source.clicks}, bot = 1) AS bot_clicks, "
-        f"{source.visitors.format(c=condition)} AS unique_visitors"
-    )
+    condition = BOT_CONDITION[query.bots]
+    where = f"link_id = {{link:UInt64}} AND {range_sql(source.time)}"
+    measures = measures_sql(source, condition)
 
     totals = await store.query(
         f"SELECT {measures} FROM {source.table} WHERE {where}", params
@@ -159,13 +169,25 @@ async def link_stats(
     )
     top = await _top(store, source, condition, params)
     return {
-        "totals": _measures(totals[0] if totals else (0, 0, 0, 0)),
+        "totals": measures_of(totals[0] if totals else (0, 0, 0, 0)),
         "series": _fill(query, {row[0]: row[1:] for row in rows}),
         "top": top,
     }
 
 
-def _measures(row: tuple[Any, ...]) -> dict[str, int]:
+def measures_sql(source: Source, condition: str) -> str:
+    """Return the select list of clicks, human, bot and visitors."""
+    return (
+        # Aliases differ from column names: ClickHouse would resolve a
+        # column named like an alias to the aggregate itself.
+        f"sumIf({source.clicks}, {condition}) AS total_clicks, "
+        f"sumIf({source.clicks}, bot = 0) AS human_clicks, "
+        f"sumIf({source.clicks}, bot = 1) AS bot_clicks, "
+        f"{source.visitors.format(c=condition)} AS unique_visitors"
+    )
+
+
+def measures_of(row: tuple[Any, ...]) -> dict[str, int]:
     clicks, human, bot, visitors = row
     return {
         "clicks": int(clicks),
@@ -177,14 +199,14 @@ def _measures(row: tuple[Any, ...]) -> dict[str, int]:
 
 async def _top(
     store: AnalyticsStore,
-    source: _Source,
+    source: Source,
     condition: str,
     params: dict[str, Any],
 ) -> dict[str, list[dict[str, Any]]]:
     # The hourly dimension rollup serves every rollup-exact question; the
     # raw fallback unfolds the same pairs from the raw rows.
     if source.dims:
-        where = f"link_id = {{link:UInt64}} AND {_range_sql('hour')}"
+        where = f"link_id = {{link:UInt64}} AND {range_sql('hour')}"
         sql = (
             f"SELECT dim, value, sum(clicks) AS n FROM {source.dims} "
             f"WHERE {where} AND {condition} "
@@ -193,7 +215,7 @@ async def _top(
         pairs = ", ".join(
             f"('{dim}', toString({column}))" for dim, column in DIMENSIONS.items()
         )
-        where = f"link_id = {{link:UInt64}} AND {_range_sql('ts')}"
+        where = f"link_id = {{link:UInt64}} AND {range_sql('ts')}"
         sql = (
             "SELECT pair.1 AS dim, pair.2 AS value, count() AS n FROM clicks FINAL "
             f"ARRAY JOIN [{pairs}] AS pair WHERE {where} AND {condition} "
@@ -208,7 +230,7 @@ async def _top(
 def _fill(query: StatsQuery, found: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
     series = []
     for key, start in bucket_starts(query):
-        row = _measures(found.get(key, (0, 0, 0, 0)))
+        row = measures_of(found.get(key, (0, 0, 0, 0)))
         series.append({"start": start.isoformat(), **row})
     return series
 

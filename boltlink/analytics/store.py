@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from boltlink.analytics.schema import RAW_COLUMNS, Schema
+from boltlink.analytics.stream import ByteStream
 from boltlink.errors import BackendUnavailable
 from boltlink.settings import Settings
 
@@ -118,6 +119,19 @@ class AnalyticsStore:
         """Run a read query with bound parameters; return its rows."""
         result = await self._call(self._client.query, sql, parameters=parameters)
         return [tuple(row) for row in result.result_rows]
+
+    def stream(self, produce: Callable[[Any], Iterator[bytes]]) -> ByteStream:
+        """Return a stream of the chunks ``produce(client)`` yields.
+
+        The stream holds the store's lock from its start until it ends or
+        is closed: other calls of this process wait for it meanwhile.
+        """
+        return ByteStream(lambda: produce(self._client), self._lock)
+
+    @property
+    def embedded(self) -> bool:
+        """Tell whether the client is chDB, in this process."""
+        return str(getattr(self._client, "uri", "")).startswith("chdb:")
 
     async def count_clicks(self, link_id: int | None = None) -> int:
         """Return the exact number of stored clicks, of one link or of all."""

@@ -69,6 +69,12 @@ class LinkStore(Protocol):
     async def prune_applied(self, older_than: datetime) -> int:
         """Forget applied entry ids recorded before ``older_than``."""
 
+    async def link_ids_created_by(self, key_id: int) -> list[int]:
+        """Return the ids of every link the key created, deleted ones included."""
+
+    async def link_codes(self, link_ids: Sequence[int]) -> dict[int, str]:
+        """Return the code of each of these link ids that exists."""
+
     async def create_key(
         self, *, name: str, scopes: Sequence[str], key_hash: str, prefix: str
     ) -> ApiKey:

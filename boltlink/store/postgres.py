@@ -326,6 +326,29 @@ class PostgresStore:
             row = await cursor.fetchone()
         return None if row is None else _api_key(row)
 
+    async def link_ids_created_by(self, key_id: int) -> list[int]:
+        """Return the ids of every link the key created, deleted ones included."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT id FROM {self._tables.links}"
+                " WHERE created_by = %s ORDER BY id",
+                (key_id,),
+            )
+            rows = await cursor.fetchall()
+        return [int(row[0]) for row in rows]
+
+    async def link_codes(self, link_ids: Sequence[int]) -> dict[int, str]:
+        """Return the code of each of these link ids that exists."""
+        if not link_ids:
+            return {}
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT id, code FROM {self._tables.links} WHERE id = ANY(%s)",
+                ([int(i) for i in link_ids],),
+            )
+            rows = await cursor.fetchall()
+        return {int(row[0]): str(row[1]) for row in rows}
+
     # -- connections ------------------------------------------------------------
 
     @asynccontextmanager

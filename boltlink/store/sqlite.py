@@ -253,6 +253,28 @@ class SqliteStore:
             )
         return next((_api_key(row) for row in rows), None)
 
+    async def link_ids_created_by(self, key_id: int) -> list[int]:
+        """Return the ids of every link the key created, deleted ones included."""
+        async with self._read() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT id FROM links WHERE created_by = ? ORDER BY id", (key_id,)
+            )
+        return [int(row[0]) for row in rows]
+
+    async def link_codes(self, link_ids: Sequence[int]) -> dict[int, str]:
+        """Return the code of each of these link ids that exists."""
+        if not link_ids:
+            return {}
+        # One JSON array parameter, not one placeholder per id: SQLite caps
+        # the number of host parameters.
+        async with self._read() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT id, code FROM links"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps([int(i) for i in link_ids]),),
+            )
+        return {int(row[0]): str(row[1]) for row in rows}
+
     # -- connections ------------------------------------------------------------
 
     @asynccontextmanager

@@ -4,24 +4,21 @@ The ClickHouse client opens on the first stats request, not at start-up,
 so a worker that never serves stats never touches ClickHouse. It is the
 process's shared store (:func:`boltlink.analytics.acquire`): with chDB the
 ingest loop of the embedded profile and these views use one client.
+
+This module serves a link's stats and the overview of a key's links, and
+gathers the routes of the cross-link views (:mod:`boltlink.web.globalstats`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import re
-from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from boltlink import analytics
+from boltlink.analytics.overview import overview
 from boltlink.analytics.queries import (
     BOT_FILTERS,
     INTERVALS,
@@ -30,100 +27,38 @@ from boltlink.analytics.queries import (
     link_stats,
 )
 from boltlink.errors import LinkNotFound, ValidationFailed
+from boltlink.web import globalstats
 from boltlink.web.api import authorize
 from boltlink.web.runtime import Runtime
+from boltlink.web.statsparams import (
+    analytics_store,
+    choice,
+    close_analytics,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    json_response,
+    key_scope,
+    link_param,
+    page_limit,
+    read_range,
+    zone_name,
+)
 
 __all__ = ["close_analytics", "routes"]
 
 _MAX_BUCKETS = 2000
-_MAX_RANGE = timedelta(days=3660)
-_DEFAULT_RANGE = timedelta(days=30)
-_TZ_SHAPE = re.compile(r"[A-Za-z0-9_+\-/]{1,64}")
-
-
-async def _analytics(request: Request) -> analytics.AnalyticsStore:
-    app: Starlette = request.app
-    # One lock per app, made without an await, so two first requests do
-    # not both open the store.
-    lock = getattr(app.state, "analytics_lock", None)
-    if lock is None:
-        lock = app.state.analytics_lock = asyncio.Lock()
-    async with lock:
-        store: analytics.AnalyticsStore | None = getattr(app.state, "analytics", None)
-        if store is None:
-            runtime: Runtime = app.state.runtime
-            store = await asyncio.to_thread(analytics.acquire, runtime.settings)
-            app.state.analytics = store
-    return store
-
-
-async def close_analytics(app: Starlette) -> None:
-    """Give back the app's analytics store, if a request opened one."""
-    store = getattr(app.state, "analytics", None)
-    if store is not None:
-        app.state.analytics = None
-        await asyncio.to_thread(analytics.release, store)
-
-
-def _json(body: Any) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
-# -- parameters ------------------------------------------------------------------
-
-
-def _choice(request: Request, name: str, choices: tuple[str, ...], default: str) -> str:
-    value = request.query_params.get(name, default)
-    if value not in choices:
-        raise ValidationFailed(
-            f"{name} must be one of {', '.join(choices)}, got {value!r}", field=name
-        )
-    return value
-
-
-def _zone(request: Request) -> str:
-    name = request.query_params.get("tz", "UTC")
-    try:
-        if not _TZ_SHAPE.fullmatch(name):
-            raise ValueError(name)
-        ZoneInfo(name)
-    except (ValueError, ZoneInfoNotFoundError):
-        raise ValidationFailed(
-            f"tz must be an IANA time zone name, got {name!r}", field="tz"
-        ) from None
-    return name
-
-
-def _moment(request: Request, name: str, zone: ZoneInfo) -> datetime | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{name} must be an ISO 8601 date or date-time, got {raw!r}", field=name
-        ) from None
-    # A date, or a date-time without offset, is read in the requested zone.
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zone)
-    return moment.astimezone(UTC)
+_OVERVIEW_PAGE = 10
+_OVERVIEW_MAX_PAGE = 200
 
 
 def _stats_query(request: Request) -> StatsQuery:
     """Read and check from, to, interval, tz and bots."""
-    tz = _zone(request)
-    zone = ZoneInfo(tz)
-    interval = _choice(request, "interval", INTERVALS, "day")
-    bots = _choice(request, "bots", BOT_FILTERS, "exclude")
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    end = _moment(request, "to", zone) or now + timedelta(hours=1)
-    start = _moment(request, "from", zone) or end - _DEFAULT_RANGE
+    tz = zone_name(request)
+    interval = choice(request, "interval", INTERVALS, "day")
+    bots = choice(request, "bots", BOT_FILTERS, "exclude")
+    start, end = read_range(request, tz)
 
-    if start >= end:
-        raise ValidationFailed("from must be before to", field="from")
-    if end - start > _MAX_RANGE:
-        raise ValidationFailed("the range must not exceed 3660 days", field="from")
     query = StatsQuery(start=start, end=end, interval=interval, tz=tz, bots=bots)
     buckets = itertools.islice(bucket_starts(query), _MAX_BUCKETS + 1)
     if sum(1 for _ in buckets) > _MAX_BUCKETS:
@@ -133,9 +68,6 @@ def _stats_query(request: Request) -> StatsQuery:
             field="interval",
         )
     return query
-
-
-# -- views -------------------------------------------------------------------------
 
 
 async def get_link_stats(request: Request) -> Response:
@@ -148,13 +80,13 @@ async def get_link_stats(request: Request) -> Response:
     if link is None:
         raise LinkNotFound(f"code {code!r} not found")
 
-    store = await _analytics(request)
+    store = await analytics_store(request)
     stats = await link_stats(store, link.id, query)
-    return _json(
+    return json_response(
         {
             "code": link.code,
-            "from": query.start.isoformat().replace("+00:00", "Z"),
-            "to": query.end.isoformat().replace("+00:00", "Z"),
+            "from": iso(query.start),
+            "to": iso(query.end),
             "interval": query.interval,
             "tz": query.tz,
             "bots": query.bots,
@@ -163,6 +95,54 @@ async def get_link_stats(request: Request) -> Response:
     )
 
 
+async def get_overview(request: Request) -> Response:
+    """Return the totals of the key's links and a page of its busiest links."""
+    key = await authorize(request, "analytics:read")
+    tz = zone_name(request)
+    start, end = read_range(request, tz)
+    scope = await key_scope(request, key, start=start, end=end, tz=tz)
+    limit = page_limit(request, _OVERVIEW_PAGE, _OVERVIEW_MAX_PAGE)
+    question = [
+        "overview",
+        key.id,
+        iso(start),
+        iso(end),
+        scope.bots,
+        link_param(request),
+    ]
+    after = _overview_cursor(decode_cursor(request, question))
+
+    store = await analytics_store(request)
+    found = await overview(store, scope, limit=limit, after=after)
+    runtime: Runtime = request.app.state.runtime
+    codes = await runtime.store.link_codes([link_id for link_id, _ in found["links"]])
+    links = [{"code": codes.get(i, ""), **m} for i, m in found["links"]]
+    last = found["links"][-1] if found["links"] else None
+    next_cursor = None
+    if found["more"] and last is not None:
+        next_cursor = encode_cursor(question, [last[1]["clicks"], last[0]])
+    return json_response(
+        {
+            "from": iso(start),
+            "to": iso(end),
+            "bots": scope.bots,
+            "totals": found["totals"],
+            "links": links,
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+def _overview_cursor(position: list[Any] | None) -> tuple[int, int] | None:
+    if position is None:
+        return None
+    if len(position) != 2 or not all(type(v) is int and v >= 0 for v in position):
+        raise ValidationFailed("cursor is not valid for this query", field="cursor")
+    return position[0], position[1]
+
+
 routes = [
     Route("/links/{code}/stats", get_link_stats, methods=["GET"]),
+    Route("/stats/overview", get_overview, methods=["GET"]),
+    *globalstats.routes,
 ]

@@ -1,0 +1,63 @@
+"""Total a key's clicks and rank its links, all in ClickHouse.
+
+The totals and the ranking read the same rollup as a link's stats
+(``clicks_daily`` for a range on UTC midnights, ``clicks_hourly`` on whole
+hours, ``clicks FINAL`` otherwise). Links are ranked by clicks, then by id,
+a total order, so a keyset cursor ``(clicks, link id)`` pages through them
+without gaps or repeats while the data stands still.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from boltlink.analytics.queries import measures_of, measures_sql, range_sql
+from boltlink.analytics.scope import Scope
+from boltlink.analytics.store import AnalyticsStore
+
+__all__ = ["overview"]
+
+#: Where the next page starts: (clicks, link id) of the last row seen.
+Cursor = tuple[int, int]
+
+
+async def overview(
+    store: AnalyticsStore, scope: Scope, *, limit: int, after: Cursor | None = None
+) -> dict[str, Any]:
+    """Return the scope's totals and one page of its links, busiest first."""
+    source = scope.source()
+    condition = scope.bot_condition()
+    where = f"{scope.link_condition()} AND {range_sql(source.time)}"
+    measures = measures_sql(source, condition)
+    params = scope.params()
+
+    totals = await store.query(
+        f"SELECT {measures}, uniqExactIf(link_id, {condition}) AS busy_links "
+        f"FROM {source.table} WHERE {where}",
+        params,
+    )
+    rows = await store.query(
+        f"SELECT link_id, {measures} FROM {source.table} WHERE {where} "
+        f"GROUP BY link_id HAVING total_clicks > 0 AND {_after_sql(after)} "
+        f"ORDER BY total_clicks DESC, link_id LIMIT {int(limit) + 1}",
+        {**params, **_after_params(after)},
+    )
+    row = totals[0] if totals else (0, 0, 0, 0, 0)
+    return {
+        "totals": {**measures_of(row[:4]), "links": int(row[4])},
+        "links": [(int(r[0]), measures_of(r[1:])) for r in rows[:limit]],
+        "more": len(rows) > limit,
+    }
+
+
+def _after_sql(after: Cursor | None) -> str:
+    if after is None:
+        return "1"
+    return (
+        "(total_clicks < {after_n:UInt64} OR "
+        "(total_clicks = {after_n:UInt64} AND link_id > {after_id:UInt64}))"
+    )
+
+
+def _after_params(after: Cursor | None) -> dict[str, Any]:
+    return {} if after is None else {"after_n": after[0], "after_id": after[1]}
