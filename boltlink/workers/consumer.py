@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 
+from boltlink import tracing
 from boltlink.clicks import Click, MalformedEntry, decode_entry
 from boltlink.deadletters import (
     ONLY_FIELD,
@@ -283,8 +284,10 @@ class StreamConsumer:
             else:
                 good.append(delivery)
 
-        written = await self._write_held(stream, good)
-        await self._ack(stream, done + [d.entry_id for d in written])
+        # Traced, the batch continues the trace of the redirects it carries.
+        with tracing.batch_span(self.group, stream, (d.clicks for d in good)):
+            written = await self._write_held(stream, good)
+            await self._ack(stream, done + [d.entry_id for d in written])
         BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
         return len(entries)
 

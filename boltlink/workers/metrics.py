@@ -2,6 +2,8 @@
 
 Labels stay bounded: a sink (consumer group) name, an outcome from a fixed
 set and a partition index, never an entry id, a code or a consumer name.
+Under ``boltlink serve``'s several workers the gauges report the latest
+value any of them set (one worker runs the embedded consumers).
 """
 
 from __future__ import annotations
@@ -42,16 +44,19 @@ GROUP_LAG = Gauge(
     "boltlink_stream_group_lag_entries",
     "Entries of a partition not yet delivered to a group (XINFO GROUPS lag)",
     ["group", "partition"],
+    multiprocess_mode="mostrecent",
 )
 GROUP_PENDING = Gauge(
     "boltlink_stream_group_pending_entries",
     "Entries of a partition delivered to a group and not yet acknowledged",
     ["group", "partition"],
+    multiprocess_mode="mostrecent",
 )
 STREAM_LENGTH = Gauge(
     "boltlink_stream_length_entries",
     "Entries held by a click stream partition",
     ["partition"],
+    multiprocess_mode="mostrecent",
 )
 STREAM_TRIMMED = Counter(
     "boltlink_stream_trimmed_entries_total",
