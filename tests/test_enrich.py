@@ -74,12 +74,81 @@ BOTS = [
     ("",
      UA("", "", "", "", "bot", True, "unknown", "")),
 ]
+
+# Current releases as of late 2026. NOTE: Safari 26 on iOS and iPadOS freezes
+# the OS token at 18_6 (as macOS browsers freeze 10_15_7), so the parsed OS
+# version is 18 on iOS 26: the user agent no longer says more.
+CURRENT_BROWSERS = [
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/143.0.0.0 Safari/537.36",
+     UA("Chrome", "143", "Windows", "10", "desktop")),
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/143.0.0.0 Safari/537.36",
+     UA("Chrome", "143", "Mac OS X", "10", "desktop")),
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/143.0.0.0 Safari/537.36",
+     UA("Chrome", "143", "Linux", "", "desktop")),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/143.0.0.0 Safari/537.36 Edg/143.0.0.0",
+     UA("Edge", "143", "Windows", "10", "desktop")),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:146.0) Gecko/20100101 Firefox/146.0",
+     UA("Firefox", "146", "Windows", "10", "desktop")),
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10.15; rv:146.0) Gecko/20100101 Firefox/146.0",
+     UA("Firefox", "146", "Mac OS X", "10", "desktop")),
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/26.0 Safari/605.1.15",
+     UA("Safari", "26", "Mac OS X", "10", "desktop")),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/142.0.0.0 Safari/537.36 OPR/126.0.0.0",
+     UA("Opera", "126", "Windows", "10", "desktop")),
+    ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/26.0 Mobile/15E148 Safari/604.1",
+     UA("Mobile Safari", "26", "iOS", "18", "mobile")),
+    ("Mozilla/5.0 (iPad; CPU OS 18_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/26.0 Mobile/15E148 Safari/604.1",
+     UA("Mobile Safari", "26", "iOS", "18", "tablet")),
+    ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/143.0.7499.92 Mobile/15E148 Safari/604.1",
+     UA("Chrome Mobile iOS", "143", "iOS", "18", "mobile")),
+    ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) FxiOS/146.0 Mobile/15E148 Safari/605.1.15",
+     UA("Firefox iOS", "146", "iOS", "18", "mobile")),
+    ("Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/143.0.0.0 Mobile Safari/537.36",
+     UA("Chrome Mobile", "143", "Android", "10", "mobile")),
+    ("Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/29.0 Chrome/136.0.0.0 Mobile Safari/537.36",
+     UA("Samsung Internet", "29", "Android", "10", "mobile")),
+    ("Mozilla/5.0 (Android 16; Mobile; rv:146.0) Gecko/146.0 Firefox/146.0",
+     UA("Firefox Mobile", "146", "Android", "16", "mobile")),
+    ("Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/143.0.0.0 Mobile Safari/537.36 EdgA/143.0.0.0",
+     UA("Edge Mobile", "143", "Android", "10", "mobile")),
+]
+
+CURRENT_BOTS = [
+    ("Slackbot 1.0 (+https://api.slack.com/robots)",
+     UA("Slackbot", "1", "", "", "bot", True, "preview", "Slackbot")),
+    ("WhatsApp/2.25.21.80 A",
+     UA("WhatsApp", "2", "", "", "bot", True, "preview", "WhatsApp")),
+    ("WhatsApp/2.25.20.72 i",
+     UA("WhatsApp", "2", "", "", "bot", True, "preview", "WhatsApp")),
+    ("TelegramBot (like TwitterBot)",
+     UA("TelegramBot", "", "", "", "bot", True, "preview", "TelegramBot")),
+    ("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; Googlebot/2.1; +http://www.google.com/bot.html) Chrome/143.0.7499.0 Safari/537.36",
+     UA("Googlebot", "2", "", "", "bot", True, "crawler", "Googlebot")),
+    ("Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/143.0.7499.0 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+     UA("Googlebot", "2", "Android", "6", "bot", True, "crawler", "Googlebot")),
+    ("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm) Chrome/116.0.1938.76 Safari/537.36",
+     UA("bingbot", "2", "", "", "bot", True, "crawler", "bingbot")),
+]
 # fmt: on
 
 
 @pytest.mark.parametrize(("user_agent", "expected"), BROWSERS + BOTS)
 def test_parse_user_agent_every_field(user_agent: str, expected: UserAgentInfo) -> None:
     assert parse_user_agent(user_agent) == expected
+
+
+@pytest.mark.parametrize(("user_agent", "expected"), CURRENT_BROWSERS + CURRENT_BOTS)
+def test_parse_user_agent_current_releases_every_field(
+    user_agent: str, expected: UserAgentInfo
+) -> None:
+    assert parse_user_agent(user_agent) == expected
+
+
+@pytest.mark.parametrize(("user_agent", "_"), BROWSERS + CURRENT_BROWSERS)
+def test_parse_user_agent_browsers_are_never_bots(user_agent: str, _: Any) -> None:
+    info = parse_user_agent(user_agent)
+
+    assert (info.bot, info.bot_kind, info.bot_name) == (False, "", "")
 
 
 @pytest.mark.parametrize(
