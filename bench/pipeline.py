@@ -19,6 +19,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,7 +35,7 @@ from boltlink.clicks import Click, encode_clicks, stream_names
 from boltlink.models import NewLink
 from boltlink.settings import Settings
 
-__all__ = ["pipeline_bench"]
+__all__ = ["pipeline_bench", "profile_sink"]
 
 CLICKS_PER_ENTRY = 10
 LINKS = 1000
@@ -68,6 +69,52 @@ def pipeline_bench(plan: Plan, results: Results) -> None:
                     )
         applied = plan.pipeline_events * plan.pipeline_repeats * 2
         results.tallies["pipeline aggregate"] = _tally(applied, _store_clicks(box))
+
+
+def profile_sink(sink: str, seconds: int, output: Path) -> float:
+    """Sample one ``sink`` consumer with py-spy into ``output``; return events/s.
+
+    The stream holds more events than the consumer drains meanwhile, so
+    every sample is taken under load.
+    """
+    with Sandbox("profile") as box:
+        env = box.production_env()
+        box.migrate(env)
+        links = asyncio.run(_create_links(Settings.from_env(env)))
+        stream = stream_names(box.prefix, 1)[0]
+        _fill(stream, links, 150_000 * seconds)
+        process = spawn(boltlink_command(sink, "--consumers=1"), env, box.log(sink))
+        client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        try:
+            _wait_for(client, stream, sink, process, _appeared, 120.0)
+            time.sleep(1.0)
+            before = _entries_read(client, stream, sink)
+            subprocess.run(
+                [
+                    "py-spy",
+                    "record",
+                    f"--pid={process.pid}",
+                    f"--duration={seconds}",
+                    "--rate=250",
+                    "--gil",
+                    "--format=raw",
+                    f"--output={output}",
+                    "--nonblocking",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=seconds + 60,
+            )
+            read = _entries_read(client, stream, sink) - before
+        finally:
+            client.close()
+            stop(process)
+    return read * CLICKS_PER_ENTRY / seconds
+
+
+def _entries_read(client: Any, stream: str, sink: str) -> int:
+    groups = {g["name"]: g for g in client.xinfo_groups(stream)}
+    return int(groups[sink]["entries-read"] or 0)
 
 
 async def _create_links(settings: Settings) -> list[tuple[int, str]]:

@@ -7,6 +7,9 @@ its worker with ``py-spy record --gil`` (``pip install py-spy``). It prints
 the GIL time per request, its split by component of the request path, the
 functions with the most samples, and leaves the raw collapsed stacks in
 ``bench/results/`` for a flame graph.
+
+``python -m bench.profile aggregate|ingest`` samples one consumer of that
+role instead, draining a pre-filled stream as the pipeline benchmark does.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench.measure import Plan
+from bench.pipeline import profile_sink
 from bench.redirects import boltlink_server
 from bench.seed import create_links, new_codes
 from bench.servers import Served
@@ -159,7 +163,10 @@ _RATE = 250
 def main(argv: list[str] | None = None) -> int:
     """Profile one scenario and print the ranking."""
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
-    parser.add_argument("scenario", choices=["hot", "notfound", "create", "baseline"])
+    parser.add_argument(
+        "scenario",
+        choices=["hot", "notfound", "create", "baseline", "aggregate", "ingest"],
+    )
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args(argv)
     if shutil.which("py-spy") is None:
@@ -167,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
     RESULTS.mkdir(exist_ok=True)
     output = RESULTS / f"profile-{args.scenario}-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+    if args.scenario in ("aggregate", "ingest"):
+        rate = profile_sink(args.scenario, args.seconds, output)
+        print(f"{args.scenario}: {rate:,.0f} events/s under py-spy, one consumer")
+        print(rank(output.read_text()))
+        print(f"\nraw stacks: {output}", file=sys.stderr)
+        return 0
     with boltlink_server("profile", 1) as server:
         codes = new_codes(Plan().hot_links, "h")
         create_links(server.served.url, server.key, codes)

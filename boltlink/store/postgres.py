@@ -261,14 +261,27 @@ class PostgresStore:
             )
             new_ids = [row[0] for row in await cursor.fetchall()]
 
-            # Ascending id order: two aggregators lock rows in the same order
-            # and so never deadlock on each other.
             totals = _sum_clicks(counts[entry_id] for entry_id in new_ids)
-            await cursor.executemany(
-                f"UPDATE {t.links} SET clicks = clicks + %s WHERE id = %s",
-                [(totals[link_id], link_id) for link_id in sorted(totals)],
-            )
+            if totals:
+                await self._add_clicks(conn, totals)
         return len(new_ids)
+
+    async def _add_clicks(self, conn: _Connection, totals: Mapping[int, int]) -> None:
+        """Add ``totals`` to the links' counters in two statements, any count."""
+        ids = sorted(totals)
+        # Lock the rows in ascending id order first (LockRows runs above the
+        # sort): two aggregators lock in the same order, so never deadlock.
+        await conn.execute(
+            f"SELECT 1 FROM {self._tables.links} WHERE id = ANY(%s)"
+            " ORDER BY id FOR UPDATE",
+            (ids,),
+        )
+        await conn.execute(
+            f"UPDATE {self._tables.links} AS l SET clicks = l.clicks + d.n"
+            " FROM unnest(%s::bigint[], %s::bigint[]) AS d(id, n)"
+            " WHERE l.id = d.id",
+            (ids, [totals[link_id] for link_id in ids]),
+        )
 
     async def prune_applied(self, older_than: datetime) -> int:
         """Forget applied entry ids recorded before ``older_than``."""
