@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,6 +55,11 @@ class ApiInstrumentation:
 
         try:
             await self.app(scope, receive, send_counted)
+        except HTTPException as exc:
+            # The router's own 404 for a path no route matches is answered
+            # by the app's handler, outside this wrapper.
+            status = exc.status_code
+            raise
         finally:
             route, method = self.template(scope), api_method(scope["method"])
             API_REQUESTS.labels(route, method, str(status)).inc()
