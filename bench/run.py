@@ -20,6 +20,7 @@ from collections.abc import Callable
 import psycopg
 import redis
 
+from bench.analytics import analytics_bench
 from bench.baselines import run_baselines
 from bench.create import create_links_bench
 from bench.measure import Plan
@@ -64,6 +65,7 @@ BENCHMARKS: dict[str, tuple[Bench, tuple[int, ...]]] = {
     "embedded": (redirect_embedded, (1,)),
     "create": (create_links_bench, ()),
     "pipeline": (pipeline_bench, ()),
+    "analytics": (analytics_bench, ()),
 }
 
 
