@@ -71,11 +71,14 @@ def pipeline_bench(plan: Plan, results: Results) -> None:
         results.tallies["pipeline aggregate"] = _tally(applied, _store_clicks(box))
 
 
-def profile_sink(sink: str, seconds: int, output: Path) -> float:
+def profile_sink(
+    sink: str, seconds: int, output: Path, *, gil_only: bool = True
+) -> float:
     """Sample one ``sink`` consumer with py-spy into ``output``; return events/s.
 
     The stream holds more events than the consumer drains meanwhile, so
-    every sample is taken under load.
+    every sample is taken under load. With ``gil_only`` false every busy
+    thread is sampled: chDB inserts run in a thread without the GIL.
     """
     with Sandbox("profile") as box:
         env = box.production_env()
@@ -96,7 +99,7 @@ def profile_sink(sink: str, seconds: int, output: Path) -> float:
                     f"--pid={process.pid}",
                     f"--duration={seconds}",
                     "--rate=250",
-                    "--gil",
+                    *(["--gil"] if gil_only else []),
                     "--format=raw",
                     f"--output={output}",
                     "--nonblocking",

@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=["hot", "notfound", "create", "baseline", "aggregate", "ingest"],
     )
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="aggregate, ingest: sample every busy thread, not the GIL holder",
+    )
     args = parser.parse_args(argv)
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy not found: pip install py-spy")
@@ -175,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     output = RESULTS / f"profile-{args.scenario}-{time.strftime('%Y%m%dT%H%M%S')}.txt"
     if args.scenario in ("aggregate", "ingest"):
-        rate = profile_sink(args.scenario, args.seconds, output)
+        rate = profile_sink(
+            args.scenario, args.seconds, output, gil_only=not args.all_threads
+        )
         print(f"{args.scenario}: {rate:,.0f} events/s under py-spy, one consumer")
         print(rank(output.read_text()))
         print(f"\nraw stacks: {output}", file=sys.stderr)
