@@ -4,7 +4,9 @@ One stream entry carries one or more clicks, recorded together by the
 redirect side's group commit. Its fields are ``v`` (format version) and
 ``c`` (a JSON array of clicks). Sinks deduplicate by the entry id, so an
 entry is counted whole or not at all; a click's own id is the entry id
-plus its index in the entry (``1733250000000-0/3``).
+plus its index in the entry (``1733250000000-0/3``), with the partition in
+front for partitions other than 0 (``2:1733250000000-0/3``): each partition
+numbers its entries on its own, so two of them may hand out the same id.
 
 The stream is split into partitions by link id. Each partition's name
 carries a Redis Cluster hash tag (``boltlink:clicks:{0}``) so partitions can
@@ -25,6 +27,7 @@ __all__ = [
     "MalformedEntry",
     "decode_entry",
     "encode_clicks",
+    "event_source",
     "partition_of",
     "stream_names",
 ]
@@ -102,6 +105,18 @@ def stream_names(prefix: str, partitions: int) -> list[str]:
 def partition_of(link_id: int, partitions: int) -> int:
     """Return the partition a link's clicks go to."""
     return link_id % partitions
+
+
+def event_source(stream: str, entry_id: str) -> str:
+    """Return what the event ids of an entry's clicks start with.
+
+    Partition 0 keeps the bare entry id, so a single-partition stream (the
+    default) has the ids it always had.
+    """
+    partition = stream.rpartition("{")[2].rstrip("}")
+    if partition in ("", "0") or not partition.isdigit():
+        return entry_id
+    return f"{partition}:{entry_id}"
 
 
 def encode_clicks(clicks: list[Click]) -> dict[bytes, bytes]:

@@ -161,3 +161,22 @@ async def test_consumer_dead_letters_undecodable_entry(
     assert fields[b"id"] == bad_id
     assert fields[b"group"] == b"aggregate"
     assert b"unreadable" in fields[b"error"]
+
+
+async def test_ingest_same_entry_id_in_two_partitions_stores_both(
+    redis_client: Any, settings: Any
+) -> None:
+    analytics = AnalyticsStore(connect_clickhouse(settings))
+    analytics.migrate()
+    first, second = stream_names(settings.redis_prefix, 2)
+    try:
+        sink = IngestSink(analytics)
+        # Each partition numbers its entries on its own: the same id twice.
+        await sink.write(first, [("5-0", _clicks(8, 2))])
+        await sink.write(second, [("5-0", _clicks(9, 2))])
+        await sink.write(second, [("5-0", _clicks(9, 2))])
+
+        rows = await analytics.query("SELECT event_id FROM clicks FINAL ORDER BY 1")
+        assert rows == [("1:5-0/0",), ("1:5-0/1",), ("5-0/0",), ("5-0/1",)]
+    finally:
+        analytics.close()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from boltlink.analytics import AnalyticsStore, dedup_token
-from boltlink.clicks import Click
+from boltlink.clicks import Click, event_source
 from boltlink.enrich import Enricher, GeoIp, LocalSalts, RedisSalts
 from boltlink.settings import Settings
 from boltlink.store import LinkStore
@@ -74,7 +74,8 @@ class IngestSink:
         for block in _blocks(entries):
             rows = []
             for entry_id, clicks in block:
-                rows += await self._enricher.rows(entry_id, clicks)
+                source = event_source(stream, entry_id)
+                rows += await self._enricher.rows(source, clicks)
             token = dedup_token(stream, [entry_id for entry_id, _ in block])
             await self._analytics.insert_rows(token, rows)
 
