@@ -113,6 +113,10 @@ class PostgresStore:
             await self._pool.close()
             self._pool = None
 
+    def pool_stats(self) -> dict[str, int]:
+        """Return the pool's gauges and its counters since the last call."""
+        return self._pool.pop_stats() if self._pool is not None else {}
+
     async def ping(self) -> None:
         """Run ``SELECT 1``; raise ``BackendUnavailable`` on failure."""
         async with self._connection() as conn:

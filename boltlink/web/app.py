@@ -67,10 +67,10 @@ async def close_runtime(runtime: Runtime, timeout: float = 5.0) -> None:
 
 
 def _pool_stats(runtime: Runtime) -> Callable[[], Any] | None:
-    # The Postgres store's psycopg pool counts its own work (pop_stats);
-    # SQLite has no pool.
-    pool = getattr(runtime.store, "_pool", None)
-    return pool.pop_stats if pool is not None else None
+    # The Postgres store's psycopg pool counts its own work; SQLite has no
+    # pool to report on.
+    stats: Callable[[], Any] | None = getattr(runtime.store, "pool_stats", None)
+    return stats
 
 
 def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlette:
