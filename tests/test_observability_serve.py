@@ -8,6 +8,7 @@ machine's shared Redis and Postgres are never stopped.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import secrets
 import shutil
 import socket
@@ -423,3 +424,101 @@ def test_alert_rules_pass_promtool() -> None:
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+# -- traces over OTLP ---------------------------------------------------------------
+
+
+class _Collector(http.server.ThreadingHTTPServer):
+    """Take OTLP/HTTP trace exports; keep the span names they carry."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _CollectorHandler)
+        self.spans: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _CollectorHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        body = self.rfile.read(int(self.headers["content-length"]))
+        export = ExportTraceServiceRequest.FromString(body)
+        assert isinstance(self.server, _Collector)
+        for resource in export.resource_spans:
+            for scope in resource.scope_spans:
+                self.server.spans += [span.name for span in scope.spans]
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_tracing_exports_spans_over_otlp_http(
+    tmp_path: Path,
+    servers: _Servers,
+    redis_settings: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    collector = _Collector()
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    settings = {
+        "data_dir": str(tmp_path / "data"),
+        "tracing": "true",
+        "inprocess_workers": "false",
+        "access_log": "false",
+        **redis_settings,
+    }
+    try:
+        server = servers.serve("serve", settings)
+        headers = {"Authorization": f"Bearer {_create_key(tmp_path, settings)}"}
+        with httpx.Client(base_url=server.base_url, headers=headers) as api:
+            code = str(_create_link(api)["code"])
+            assert api.get(f"/{code}").status_code == 302
+
+        deadline = time.monotonic() + 10
+        while "redirect" not in collector.spans and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {"POST /api/v1/links", "redirect", "click.record"} <= set(
+            collector.spans
+        ), server.tail()
+    finally:
+        servers.stop_all()
+        collector.shutdown()
+        collector.server_close()
+
+
+def test_consumer_process_serves_metrics_on_its_port(
+    tmp_path: Path, servers: _Servers, redis_settings: dict[str, str]
+) -> None:
+    port = _free_port()
+    settings = {
+        "data_dir": str(tmp_path / "data"),
+        "metrics_port": str(port),
+        **redis_settings,
+    }
+    _boltlink(tmp_path, settings, "migrate", "--no-analytics")
+    aggregate = servers.start("aggregate", settings, "aggregate")
+
+    deadline = time.monotonic() + 20
+    body = ""
+    lag = 'boltlink_stream_group_lag_entries{group="aggregate",partition="0"}'
+    while lag not in body:
+        assert time.monotonic() < deadline, aggregate.tail()
+        try:
+            body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1.0).text
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+    assert "process_resident_memory_bytes" in body
+    assert _stop(aggregate.process) == 0, aggregate.tail()
+    assert "aggregate stopped" in aggregate.tail()
