@@ -65,7 +65,7 @@ async def redirect(request: Request) -> Response:
     except ApiError as exc:
         _observe(_OUTCOMES.get(exc.status, "error"), started)
         raise
-    except BaseException:
+    except Exception:
         _observe("error", started)
         raise
     _observe(_OUTCOMES.get(response.status_code, "error"), started)
@@ -87,6 +87,9 @@ async def _redirect_traced(request: Request, started: float) -> Response:
                 {"http.response.status_code": exc.status, "boltlink.outcome": outcome}
             )
             _observe(outcome, started)
+            raise
+        except Exception:
+            _observe("error", started)
             raise
         outcome = _OUTCOMES.get(response.status_code, "error")
         span.set_attributes(
