@@ -412,14 +412,17 @@ def test_sigterm_under_load_answers_and_counts_every_redirect(
 # -- alert rules ------------------------------------------------------------------------
 
 
-def test_alert_rules_pass_promtool() -> None:
+@pytest.mark.parametrize(
+    ("action", "target"), [("check", "alerts.yaml"), ("test", "alerts_test.yaml")]
+)
+def test_alert_rules_pass_promtool(action: str, target: str) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (Debian package prometheus)")
-    rules = Path(__file__).parent.parent / "deploy" / "prometheus" / "alerts.yaml"
+    folder = Path(__file__).parent.parent / "deploy" / "prometheus"
 
     result = subprocess.run(
-        [promtool, "check", "rules", str(rules)], capture_output=True, text=True
+        [promtool, action, "rules", target], capture_output=True, text=True, cwd=folder
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
