@@ -213,11 +213,23 @@ def _check_ipv4(name: str) -> None:
 
 
 def _refuse_self_link(host: str, public_host: str) -> None:
-    if _host_key(host) == _host_key(public_host):
+    # A BoltLink served on loopback is reached by every loopback spelling
+    # (localhost, 127.0.0.1, 127.1.2.3, ::1), so all of them are its own.
+    own, other = _host_key(public_host), _host_key(host)
+    if own == other or (_is_loopback(own) and _is_loopback(other)):
         raise _invalid(
             f"url host {_clip(host)!r} is BoltLink's own host; "
             f"the link would redirect to itself"
         )
+
+
+def _is_loopback(key: str) -> bool:
+    if key == "localhost" or key.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(key).is_loopback
+    except ValueError:
+        return False
 
 
 def _host_key(host: str) -> str:

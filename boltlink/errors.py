@@ -8,6 +8,7 @@
     └── ApiError               carries an HTTP status and a stable ``code``
         ├── InvalidJson        a request body is not one JSON object
         ├── PayloadTooLarge    a request body is larger than the limit
+        ├── UnsupportedMedia   a request body is sent as something but JSON
         ├── ValidationFailed   a request body or parameter is malformed
         │   ├── InvalidUrl     a destination breaks the URL rules
         │   └── InvalidCode    a custom code breaks the code rules
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadTooLarge",
     "ReservedCode",
     "Unauthorized",
+    "UnsupportedMedia",
     "ValidationFailed",
 ]
 
@@ -82,6 +84,14 @@ class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"
     title = "Payload too large"
+
+
+class UnsupportedMedia(ApiError):
+    """Raised when a request body's content type is not JSON."""
+
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
 
 
 class ValidationFailed(ApiError):

@@ -272,7 +272,21 @@ async def test_list_links_filters_by_tag(client: Any, auth: Any) -> None:
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("limit=0", "limit"), ("limit=abc", "limit"), ("cursor=%%%", "cursor")],
+    [
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("cursor=%%%", "cursor"),
+        # Forged cursors: past the 64-bit id range, zero, signed, empty.
+        ("cursor=aWQ6OTk5OTk5OTk5OTk5OTk5OTk5OTk5", "cursor"),
+        ("cursor=aWQ6OTIyMzM3MjAzNjg1NDc3NTgwOA", "cursor"),
+        ("cursor=aWQ6MA", "cursor"),
+        ("cursor=aWQ6LTU", "cursor"),
+        ("cursor=aWQ6KzU", "cursor"),
+        ("cursor=aWQ6", "cursor"),
+        ("tag=%00", "tag"),
+        ("tag=a%0Ab", "tag"),
+        ("tag=" + "x" * 65, "tag"),
+    ],
 )
 async def test_list_links_refuses_bad_paging(
     client: Any, auth: Any, query: str, field: str
@@ -348,3 +362,87 @@ async def test_auth_header_without_bearer_says_so(client: Any, api_key: str) -> 
 
     assert response.status_code == 401
     assert response.json()["detail"] == "authorization header must read 'Bearer <key>'"
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+@pytest.mark.parametrize("code", ["a%00b", "a%0Ab", "caf%C3%A9", "x" * 65, "a.b"])
+async def test_link_routes_treat_odd_codes_as_not_found(
+    client: Any, auth: Any, method: str, code: str
+) -> None:
+    response = await client.request(
+        method, f"/api/v1/links/{code}", json={"title": "t"}, headers=auth
+    )
+
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"],
+)
+async def test_create_link_refuses_body_that_is_not_json(
+    client: Any, auth: Any, content_type: str
+) -> None:
+    response = await client.post(
+        "/api/v1/links",
+        content=b'{"url": "https://example.com/"}',
+        headers={**auth, "content-type": content_type},
+    )
+
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported_media_type"
+    listing = await client.get("/api/v1/links", headers=auth)
+    assert listing.json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/json; charset=utf-8", "application/merge-patch+json"],
+)
+async def test_create_link_accepts_json_or_untyped_body(
+    client: Any, auth: Any, content_type: str | None
+) -> None:
+    headers = (
+        dict(auth) if content_type is None else {**auth, "content-type": content_type}
+    )
+
+    response = await client.post(
+        "/api/v1/links", content=b'{"url": "https://example.com/"}', headers=headers
+    )
+
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b"null", "body must be a JSON object, got null"),
+        (b"true", "body must be a JSON object, got a boolean"),
+        (b'"x"', "body must be a JSON object, got a string"),
+        (b"[1]", "body must be a JSON object, got an array"),
+        (b"12", "body must be a JSON object, got a number"),
+    ],
+)
+async def test_create_link_names_json_types_in_json_terms(
+    client: Any, auth: Any, raw: bytes, detail: str
+) -> None:
+    response = await client.post("/api/v1/links", content=raw, headers=auth)
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == detail
+
+
+async def test_create_link_stops_reading_chunked_body_over_limit(
+    client: Any, auth: Any
+) -> None:
+    async def chunks() -> Any:
+        yield b'{"url": "https://example.com/", "title": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = await client.post("/api/v1/links", content=chunks(), headers=auth)
+
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"

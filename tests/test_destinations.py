@@ -360,6 +360,12 @@ def test_validate_destination_refuses_ambiguous_numeric_host(host: str) -> None:
         ("http://[::1]:8080/", "::1"),
         ("http://[0:0::1]/", "::1"),
         ("http://[::1]/", "[::1]"),
+        # On loopback every loopback spelling reaches BoltLink itself.
+        ("http://localhost:8000/abc", "127.0.0.1"),
+        ("http://127.0.0.2/", "localhost"),
+        ("https://sub.localhost/", "localhost"),
+        ("http://[::1]:8000/", "127.0.0.1"),
+        ("http://127.0.0.1/", "app.localhost"),
     ],
 )
 def test_validate_destination_refuses_public_host(raw: str, public_host: str) -> None:
@@ -371,11 +377,10 @@ def test_validate_destination_refuses_public_host(raw: str, public_host: str) ->
 @pytest.mark.parametrize(
     "raw",
     [
-        "https://sub.localhost/",
         "https://localhost.example/",
         "https://notlocalhost/",
         "https://localhost-2/",
-        "http://127.0.0.2/",
+        "http://128.0.0.1/",
         "http://[::2]/",
         "https://example.com/localhost",
         "https://example.com/?u=https://localhost/",
@@ -383,6 +388,11 @@ def test_validate_destination_refuses_public_host(raw: str, public_host: str) ->
 )
 def test_validate_destination_accepts_other_hosts(raw: str) -> None:
     assert _stored(raw, public_host="localhost") == raw
+
+
+@pytest.mark.parametrize("raw", ["http://localhost:3000/", "http://127.0.0.1/"])
+def test_validate_destination_accepts_loopback_for_a_public_host(raw: str) -> None:
+    assert _stored(raw, public_host="go.example.com") == raw
 
 
 def test_validate_destination_accepts_length_at_limit() -> None:

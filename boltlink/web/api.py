@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +21,14 @@ from boltlink.errors import (
     ValidationFailed,
 )
 from boltlink.models import ApiKey, Link, NewLink
-from boltlink.web.linkinput import parse_body, parse_create, parse_patch
+from boltlink.web.linkinput import parse_create, parse_patch
+from boltlink.web.params import (
+    code_param,
+    decode_cursor,
+    encode_cursor,
+    read_json,
+    tag_param,
+)
 from boltlink.web.runtime import Runtime
 
 __all__ = ["routes"]
@@ -96,7 +101,7 @@ async def create_link(request: Request) -> Response:
     key = await authorize(request, "links:write")
     runtime = _runtime(request)
     fields = parse_create(
-        parse_body(await request.body()), public_host=runtime.settings.public_host
+        await read_json(request), public_host=runtime.settings.public_host
     )
     link = await _insert(runtime, fields, key)
     await runtime.resolver.publish_link(link.code, link)
@@ -131,7 +136,7 @@ async def get_link(request: Request) -> Response:
     """Return one link with its click count."""
     await authorize(request, "links:read")
     runtime = _runtime(request)
-    link = await _live_link(runtime, request.path_params["code"])
+    link = await _live_link(runtime, code_param(request))
     return _json(render_link(link, runtime.settings.public_url))
 
 
@@ -146,24 +151,7 @@ def _page_args(request: Request) -> tuple[int, int | None, str | None]:
             f"limit must be between 1 and {_MAX_PAGE}", field="limit"
         )
     cursor = params.get("cursor")
-    return limit, _decode_cursor(cursor) if cursor else None, params.get("tag")
-
-
-def _encode_cursor(link_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{link_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = raw.partition(":")
-        if kind != "id":
-            raise ValueError(kind)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationFailed(
-            f"cursor {cursor!r} is not valid", field="cursor"
-        ) from None
+    return limit, decode_cursor(cursor) if cursor else None, tag_param(request)
 
 
 async def list_links(request: Request) -> Response:
@@ -181,7 +169,7 @@ async def list_links(request: Request) -> Response:
     return _json(
         {
             "items": [render_link(link, runtime.settings.public_url) for link in page],
-            "next_cursor": _encode_cursor(page[-1].id) if more else None,
+            "next_cursor": encode_cursor(page[-1].id) if more else None,
         }
     )
 
@@ -190,9 +178,9 @@ async def update_link(request: Request) -> Response:
     """Change a link's destination, title, tags, expiry or status."""
     await authorize(request, "links:write")
     runtime = _runtime(request)
-    code = request.path_params["code"]
+    code = code_param(request)
     changes = parse_patch(
-        parse_body(await request.body()), public_host=runtime.settings.public_host
+        await read_json(request), public_host=runtime.settings.public_host
     )
     link = (
         await runtime.store.update_link(code, changes)
@@ -207,7 +195,7 @@ async def delete_link(request: Request) -> Response:
     """Delete a link: its code answers 410 from now on and is never reused."""
     await authorize(request, "links:write")
     runtime = _runtime(request)
-    code = request.path_params["code"]
+    code = code_param(request)
     link = await runtime.store.delete_link(code)
     await runtime.resolver.publish_link(code, link)
     return Response(status_code=204)

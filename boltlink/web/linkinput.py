@@ -11,40 +11,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from boltlink.codes import validate_custom_code
 from boltlink.destinations import validate_destination
-from boltlink.errors import InvalidJson, PayloadTooLarge, ValidationFailed
+from boltlink.errors import ValidationFailed
+from boltlink.web.params import check_tag
 
 __all__ = [
-    "MAX_BODY_BYTES",
     "REDIRECT_STATUSES",
-    "parse_body",
     "parse_create",
     "parse_patch",
 ]
 
-MAX_BODY_BYTES = 64 * 1024
 #: RFC 9110 section 15.4: 301/308 are permanent (308 keeps the method),
 #: 302/307 temporary (307 keeps the method).
 REDIRECT_STATUSES = (301, 302, 307, 308)
 MAX_TITLE_LENGTH = 512
 MAX_TAGS = 32
-MAX_TAG_LENGTH = 64
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """Decode a request body that must be one JSON object."""
-    if len(raw) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"body is {len(raw)} bytes, limit {MAX_BODY_BYTES}")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"body is not valid JSON: {exc.msg}") from None
-    if not isinstance(body, dict):
-        raise InvalidJson(f"body must be a JSON object, got {type(body).__name__}")
-    return body
 
 
 def _title(value: Any) -> str | None:
@@ -73,19 +55,7 @@ def _tags(value: Any) -> tuple[str, ...]:
         raise ValidationFailed(
             f"at most {MAX_TAGS} tags, got {len(value)}", field="tags"
         )
-    tags: set[str] = set()
-    for tag in value:
-        if not isinstance(tag, str) or not 1 <= len(tag) <= MAX_TAG_LENGTH:
-            raise ValidationFailed(
-                f"each tag must be a string of 1 to {MAX_TAG_LENGTH} characters, "
-                f"got {tag!r}",
-                field="tags",
-            )
-        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in tag):
-            raise ValidationFailed(
-                f"tag {tag!r} contains control characters", field="tags"
-            )
-        tags.add(tag)
+    tags = {check_tag(tag, "tags") for tag in value}
     return tuple(sorted(tags))
 
 

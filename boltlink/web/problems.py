@@ -75,7 +75,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     logger.warning(
-        "backend unavailable on %s %s: %s", request.method, request.url.path, exc
+        "backend unavailable on %s %r: %s", request.method, request.url.path, exc
     )
     return problem(
         503,
@@ -87,9 +87,8 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception(
-        "unhandled error on %s %s", request.method, request.scope.get("route_path", "")
-    )
+    # The path is user input: %r keeps a CR or LF in it from forging a line.
+    logger.exception("unhandled error on %s %r", request.method, request.url.path)
     return problem(500, "internal_error", "Internal error", "unexpected server error")
 
 

@@ -1,0 +1,153 @@
+"""Read what a request carries (path, query, body) before anything else sees it.
+
+Every value from a request passes here first, so that no store, cache or
+ClickHouse query ever receives a value it cannot hold: a code outside the
+code charset is simply not found, a cursor is range-checked before it
+becomes a 64-bit id, a tag filter follows the rules of stored tags, and a
+body is read against its size limit as it arrives, not after.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from boltlink.errors import (
+    InvalidJson,
+    LinkNotFound,
+    PayloadTooLarge,
+    UnsupportedMedia,
+    ValidationFailed,
+)
+
+__all__ = [
+    "CODE_SHAPE",
+    "MAX_BODY_BYTES",
+    "MAX_TAG_LENGTH",
+    "check_tag",
+    "code_param",
+    "decode_cursor",
+    "encode_cursor",
+    "read_json",
+    "tag_param",
+]
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_TAG_LENGTH = 64
+#: Any code the API could have stored (custom and random codes alike).
+CODE_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Ids are BIGINT in Postgres and INTEGER in SQLite: both signed 64-bit.
+_MAX_ID = 2**63 - 1
+_JSON_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def code_param(request: Request) -> str:
+    """Return the ``{code}`` of the path, or raise not found for any other shape."""
+    code: str = request.path_params["code"]
+    if not CODE_SHAPE.fullmatch(code):
+        raise LinkNotFound(f"code {code[:80]!r} not found")
+    return code
+
+
+def check_tag(tag: object, field: str) -> str:
+    """Return ``tag`` if it is a string a link may carry as a tag."""
+    if not isinstance(tag, str) or not 1 <= len(tag) <= MAX_TAG_LENGTH:
+        raise ValidationFailed(
+            f"each tag must be a string of 1 to {MAX_TAG_LENGTH} characters, "
+            f"got {tag!r:.80}",
+            field=field,
+        )
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in tag):
+        raise ValidationFailed(f"tag {tag!r} contains control characters", field=field)
+    # A lone surrogate cannot be encoded as UTF-8, so no store could keep it.
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in tag):
+        raise ValidationFailed(f"tag {tag!r} is not valid text", field=field)
+    return tag
+
+
+def tag_param(request: Request) -> str | None:
+    """Return the ``tag`` filter of the query string, checked like a stored tag."""
+    tag = request.query_params.get("tag")
+    return None if tag is None else check_tag(tag, "tag")
+
+
+def encode_cursor(link_id: int) -> str:
+    """Return the opaque cursor that continues a listing after ``link_id``."""
+    return base64.urlsafe_b64encode(f"id:{link_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Return the link id inside ``cursor``, refusing any forged or odd one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = raw.partition(":")
+        if kind != "id" or not value.isdigit():
+            raise ValueError(kind)
+        link_id = int(value)
+        if not 1 <= link_id <= _MAX_ID:
+            raise ValueError(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed(
+            f"cursor {cursor[:80]!r} is not valid", field="cursor"
+        ) from None
+    return link_id
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """Read a request body that must be one JSON object of bounded size."""
+    _check_media_type(request.headers.get("content-type"))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"body is {declared} bytes, limit {MAX_BODY_BYTES}")
+
+    # Stop reading once the limit is passed: a chunked body has no length
+    # to check up front.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"body is over the limit of {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return parse_body(b"".join(chunks))
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"body is {len(raw)} bytes, limit {MAX_BODY_BYTES}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"body is not valid JSON: {exc.msg}") from None
+    if not isinstance(body, dict):
+        kind = _JSON_NAMES.get(type(body), "not an object")
+        raise InvalidJson(f"body must be a JSON object, got {kind}")
+    return body
+
+
+def _check_media_type(content_type: str | None) -> None:
+    # A body sent without a type is read as JSON (many scripts omit it);
+    # one declared as anything else, a form post say, is refused rather
+    # than guessed at (RFC 9110 section 15.5.16).
+    if content_type is None:
+        return
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return
+    raise UnsupportedMedia(
+        f"body must be sent as application/json, got {content_type[:80]!r}"
+    )
