@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from boltlink.errors import BackendUnavailable
 from boltlink.settings import Settings
@@ -65,7 +66,10 @@ def connect_clickhouse(settings: Settings) -> Any:
         try:
             return clickhouse_connect.get_client(dsn=dsn)
         except Exception as exc:
-            raise BackendUnavailable(f"cannot reach clickhouse: {exc}") from exc
+            where = _host_port(dsn)
+            raise BackendUnavailable(
+                f"cannot reach clickhouse at {where}: {_reason(exc)}"
+            ) from exc
 
     folder = dsn.removeprefix("chdb://")
     os.makedirs(folder, exist_ok=True)
@@ -81,6 +85,22 @@ def connect_clickhouse(settings: Settings) -> Any:
         raise busy from exc
     _CHDB_OPENED_HERE.add(folder)
     return client
+
+
+def _host_port(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    return f"{parts.hostname}:{parts.port or 8123}"
+
+
+def _reason(exc: BaseException) -> str:
+    """Return the innermost OS-level cause of ``exc`` in a few words."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror.lower()
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
 
 
 # chDB folders this process has opened: its own lock must not count as busy.

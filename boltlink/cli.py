@@ -208,7 +208,14 @@ def keys_list(ctx: click.Context) -> None:
     settings = _settings(ctx, quiet=True)
     from boltlink.keycmds import list_keys
 
-    for key in asyncio.run(list_keys(settings)):
+    found = asyncio.run(list_keys(settings))
+    if not found:
+        click.echo(
+            "no keys yet: create one with boltlink keys create --name NAME", err=True
+        )
+        return
+    click.echo("id\tprefix\tname\tscopes\tstate")
+    for key in found:
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
         click.echo(
             f"{key.id}\t{key.prefix}…\t{key.name}\t{','.join(key.scopes)}\t{state}"
@@ -224,9 +231,12 @@ def keys_revoke(ctx: click.Context, key_id: int) -> None:
     settings = _settings(ctx, quiet=True)
     from boltlink.keycmds import revoke_key
 
-    key = asyncio.run(revoke_key(settings, key_id))
+    key, already = asyncio.run(revoke_key(settings, key_id))
     if key is None:
         raise click.ClickException(f"no key with id {key_id}")
+    if already:
+        click.echo(f"key id={key.id} name={key.name!r} was already revoked")
+        return
     click.echo(f"revoked key id={key.id} name={key.name!r}")
 
 

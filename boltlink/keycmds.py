@@ -47,11 +47,13 @@ async def list_keys(settings: Settings) -> list[ApiKey]:
         await store.close()
 
 
-async def revoke_key(settings: Settings, key_id: int) -> ApiKey | None:
-    """Revoke a key by id; return it, or None if there is none."""
+async def revoke_key(settings: Settings, key_id: int) -> tuple[ApiKey | None, bool]:
+    """Revoke a key by id; return it (None if unknown) and if it was already."""
     _prepare(settings)
     store = await open_store(settings)
     try:
-        return await store.revoke_key(key_id)
+        before = {key.id: key for key in await store.list_keys()}.get(key_id)
+        key = await store.revoke_key(key_id)
     finally:
         await store.close()
+    return key, before is not None and before.revoked_at is not None

@@ -136,5 +136,9 @@ def logging_config(level: str, fmt: str, *, log_probes: bool = False) -> dict[st
             # yoyo narrates every migration step at INFO; BoltLink logs a
             # summary line of its own.
             "yoyo": {"level": "WARNING"},
+            # Each failed ClickHouse call is one BoltLink error line; the
+            # HTTP client's retry notes would only repeat it.
+            "urllib3.connectionpool": {"level": "ERROR"},
+            "clickhouse_connect": {"level": "ERROR"},
         },
     }

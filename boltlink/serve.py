@@ -35,10 +35,10 @@ def migrate_all(settings: Settings, *, analytics: bool = True) -> Iterator[str]:
 
         client = connect_clickhouse(settings)
         try:
-            AnalyticsStore(client).migrate()
+            AnalyticsStore.for_settings(client, settings).migrate()
         finally:
             client.close()
-        yield "analytics: schema up to date"
+        yield "analytics: schema created or up to date"
 
 
 def serve_forever(settings: Settings, log_config: dict[str, Any]) -> None:

@@ -144,6 +144,22 @@ def test_unreachable_postgres_stops_command_with_one_line(
     ]
 
 
+def test_unreachable_clickhouse_stops_migrate_with_one_line(tmp_path: Path) -> None:
+    result = _boltlink(
+        tmp_path,
+        "migrate",
+        timeout=30.0,
+        data_dir=str(tmp_path / "data"),
+        clickhouse_url="http://default:secret@127.0.0.1:1/default",
+    )
+
+    assert result.returncode == 1
+    assert result.stdout == "link store: 1 migrations applied\n"
+    assert result.stderr.splitlines() == [
+        "Error: cannot reach clickhouse at 127.0.0.1:1: connection refused"
+    ]
+
+
 @pytest.mark.parametrize("role", ["aggregate", "ingest"])
 def test_consumer_without_redis_url_stops_with_one_line(
     tmp_path: Path, role: str
@@ -162,12 +178,18 @@ def test_consumer_without_redis_url_stops_with_one_line(
 
 def _assert_key_lifecycle(cwd: Path, **settings: str) -> None:
     """Create, list, revoke and list again; never show the raw key."""
+    empty = _boltlink(cwd, "keys", "list", **settings)
+    assert (empty.returncode, empty.stdout) == (0, "")
+    assert empty.stderr.splitlines()[-1] == (
+        "no keys yet: create one with boltlink keys create --name NAME"
+    )
     key_id, raw = _create_key(cwd, **settings)
     assert re.fullmatch(r"blk_[A-Za-z0-9_-]{43,}", raw), raw
 
     listed = _boltlink(cwd, "keys", "list", **settings)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout == (
+        "id\tprefix\tname\tscopes\tstate\n"
         f"{key_id}\t{raw[:10]}…\tdemo\tlinks:read,links:write\tactive\n"
     )
     assert raw not in listed.stdout + listed.stderr
@@ -175,9 +197,15 @@ def _assert_key_lifecycle(cwd: Path, **settings: str) -> None:
     revoked = _boltlink(cwd, "keys", "revoke", str(key_id), **settings)
     assert revoked.returncode == 0, revoked.stderr
     assert revoked.stdout == f"revoked key id={key_id} name='demo'\n"
+    again = _boltlink(cwd, "keys", "revoke", str(key_id), **settings)
+    assert (again.returncode, again.stdout) == (
+        0,
+        f"key id={key_id} name='demo' was already revoked\n",
+    )
 
     listed = _boltlink(cwd, "keys", "list", **settings)
     assert re.fullmatch(
+        r"id\tprefix\tname\tscopes\tstate\n"
         rf"{key_id}\t{re.escape(raw[:10])}…\tdemo\tlinks:read,links:write"
         r"\trevoked \d{4}-\d{2}-\d{2}\n",
         listed.stdout,
