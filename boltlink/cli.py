@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from boltlink.errors import BoltLinkError
-from boltlink.settings import Settings
+from boltlink.settings import Settings, unknown_variables
 
 __all__ = ["main"]
 
@@ -49,6 +49,8 @@ def _settings(ctx: click.Context, *, quiet: bool = False) -> Settings:
     if quiet and overrides.get("log_level") is None:
         settings = dataclasses.replace(settings, log_level="WARNING")
     logging.config.dictConfig(_log_config(settings))
+    for name in unknown_variables():
+        logging.getLogger("boltlink").warning("%s is not a setting; ignored", name)
     return settings
 
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from boltlink.errors import ConfigError
 
-__all__ = ["Secret", "Settings", "export_to_environ"]
+__all__ = ["Secret", "Settings", "export_to_environ", "unknown_variables"]
 
 _PREFIX = "BOLTLINK_"
 
@@ -333,6 +333,20 @@ _ANALYTICS_CHECKS: dict[str, Any] = {
         _check_cluster(name, value) if value else ""
     ),
 }
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Return the ``BOLTLINK_*`` variables no setting reads (misspelt ones)."""
+    env = os.environ if environ is None else environ
+    known = {_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+    # BOLTLINK_TEST_* belong to the test suite, not to a running BoltLink.
+    return sorted(
+        name
+        for name in env
+        if name.startswith(_PREFIX)
+        and name not in known
+        and not name.startswith(_PREFIX + "TEST_")
+    )
 
 
 def export_to_environ(settings: Settings) -> None:

@@ -144,6 +144,27 @@ def test_unreachable_postgres_stops_command_with_one_line(
     ]
 
 
+def test_misspelt_variable_is_named_in_a_warning(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOLTLINK_")}
+    env |= {"BOLTLINK_DATA_DIR": str(tmp_path / "data"), "BOLTLINK_PORTT": "9"}
+    env |= {"BOLTLINK_TEST_REDIS_URL": "redis://127.0.0.1:1/0"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "boltlink", "keys", "list"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0].endswith(
+        "WARNING boltlink: BOLTLINK_PORTT is not a setting; ignored"
+    )
+    assert len(result.stderr.splitlines()) == 2
+
+
 def test_unreachable_clickhouse_stops_migrate_with_one_line(tmp_path: Path) -> None:
     result = _boltlink(
         tmp_path,
