@@ -1,12 +1,14 @@
 """Name the click streams and encode the clicks their entries carry.
 
 One stream entry carries one or more clicks, recorded together by the
-redirect side's group commit. Its fields are ``v`` (format version) and
-``c`` (a JSON array of clicks). Sinks deduplicate by the entry id, so an
-entry is counted whole or not at all; a click's own id is the entry id
-plus its index in the entry (``1733250000000-0/3``), with the partition in
-front for partitions other than 0 (``2:1733250000000-0/3``): each partition
-numbers its entries on its own, so two of them may hand out the same id.
+redirect side's group commit. Its fields are ``v`` (format version), ``c``
+(a JSON array of clicks) and ``w`` (the write id the recorder gave it, so a
+copy written by a retry is recognised). Sinks deduplicate on the entry's
+key: its write id, or for entries without one its stream id. An entry is
+counted whole or not at all; a click's own id is the key plus its index in
+the entry (``3f9a0c1b2d4e-17/3``), with the partition in front for
+partitions other than 0 (``2:3f9a0c1b2d4e-17/3``): each partition numbers
+its entries on its own, so two of them may hand out the same stream id.
 
 The stream is split into partitions by link id. Each partition's name
 carries a Redis Cluster hash tag (``boltlink:clicks:{0}``) so partitions can
@@ -23,6 +25,7 @@ import orjson
 
 __all__ = [
     "FORMAT_VERSION",
+    "WRITE_FIELD",
     "Click",
     "MalformedEntry",
     "decode_entry",
@@ -33,6 +36,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = b"1"
+#: Field holding the entry's write id, which the sinks deduplicate on.
+WRITE_FIELD = b"w"
 
 
 class MalformedEntry(ValueError):
@@ -119,9 +124,14 @@ def event_source(stream: str, entry_id: str) -> str:
     return f"{partition}:{entry_id}"
 
 
-def encode_clicks(clicks: list[Click]) -> dict[bytes, bytes]:
+def encode_clicks(
+    clicks: list[Click], *, write_id: str | None = None
+) -> dict[bytes, bytes]:
     """Return the fields of one stream entry carrying ``clicks``."""
-    return {b"v": FORMAT_VERSION, b"c": orjson.dumps([c.to_wire() for c in clicks])}
+    fields = {b"v": FORMAT_VERSION, b"c": orjson.dumps([c.to_wire() for c in clicks])}
+    if write_id is not None:
+        fields[WRITE_FIELD] = write_id.encode()
+    return fields
 
 
 def decode_entry(fields: Mapping[bytes, bytes]) -> list[Click]:

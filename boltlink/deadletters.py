@@ -7,7 +7,8 @@ per dead letter with these fields:
 
 ==============  ==========================================================
 ``stream``      the click stream partition the entry came from
-``id``          the entry's original id: the id sinks deduplicate on
+``id``          the entry's key, the id sinks deduplicate on: its write id
+                (field ``w``), else its original stream id
 ``entry``       the id it was delivered as (differs from ``id`` on replays)
 ``group``       the consumer group that gave up on it
 ``error``       why, in the consumer's words
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 import orjson
 from redis import exceptions as redis_errors
 
+from boltlink.clicks import WRITE_FIELD
 from boltlink.errors import BackendUnavailable, ConfigError
 from boltlink.settings import Settings
 
@@ -41,6 +43,7 @@ __all__ = [
     "ORIGIN_FIELD",
     "DeadLetter",
     "dead_letter_stream",
+    "dedup_key",
     "list_dead_letters",
     "purge_dead_letters",
     "record_dead_letter",
@@ -57,6 +60,16 @@ ONLY_FIELD = b"only"
 ORIGIN_FIELD = b"origin"
 
 _REPLAY_FIELDS = {ONLY_FIELD, ORIGIN_FIELD}
+
+
+def dedup_key(entry_id: str, fields: Mapping[bytes, bytes]) -> str:
+    """Return the key sinks deduplicate an entry on.
+
+    A replay's origin, else the write id the recorder gave the entry (a
+    copy written by a retry has the same), else the entry's stream id.
+    """
+    key = fields.get(ORIGIN_FIELD) or fields.get(WRITE_FIELD)
+    return _text(key) if key else entry_id
 
 
 def dead_letter_stream(prefix: str) -> str:
@@ -106,13 +119,12 @@ async def record_dead_letter(
     deliveries: int,
 ) -> str:
     """Copy one stream entry to the dead-letter stream; return its new id."""
-    origin = fields.get(ORIGIN_FIELD)
     payload = {_text(k): _text(v) for k, v in fields.items() if k not in _REPLAY_FIELDS}
     dead_id = await redis.xadd(
         dead_letter_stream(prefix),
         {
             "stream": stream,
-            "id": _text(origin) if origin else entry_id,
+            "id": dedup_key(entry_id, fields),
             "entry": entry_id,
             "group": group,
             "error": error,

