@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -180,3 +181,52 @@ async def test_ingest_same_entry_id_in_two_partitions_stores_both(
         assert rows == [("1:5-0/0",), ("1:5-0/1",), ("5-0/0",), ("5-0/1",)]
     finally:
         analytics.close()
+
+
+@pytest.mark.parametrize("role", ["aggregate", "ingest"])
+async def test_worker_logs_one_start_line_and_one_summary_at_stop(
+    store: Any, redis_client: Any, settings: Any, caplog: Any, role: str
+) -> None:
+    from boltlink.models import NewLink
+
+    link = await store.create_link(NewLink(code="logs", url="https://e.com/"))
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    for _ in range(3):
+        await redis_client.xadd(stream, encode_clicks(_clicks(link.id, 2)))
+    caplog.set_level(logging.INFO, logger=f"boltlink.{role}")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_role(role, settings, stop, consumers=2))
+
+    async def acked() -> bool:
+        info = await redis_client.xinfo_groups(stream)
+        group = next((g for g in info if g["name"] == role.encode()), None)
+        return group is not None and group["entries-read"] == 3 and not group["pending"]
+
+    await _wait_for(acked)
+    stop.set()
+    await task
+
+    lines = [r.getMessage() for r in caplog.records if r.name == f"boltlink.{role}"]
+    start = dict(pair.split("=", 1) for pair in lines[0].split()[2:])
+    assert lines[0].startswith(f"{role} started ")
+    assert (start["streams"], start["group"], start["batch_size"]) == (
+        stream,
+        role,
+        str(settings.batch_size),
+    )
+    assert len(start["consumers"].split(",")) == 2
+    assert start["redis"][0].isdigit()
+    backend = "clickhouse" if role == "ingest" else settings.database_dsn.split(":")[0]
+    backend = backend.replace("postgresql", "postgres")
+    assert start[backend][0].isdigit()
+
+    summaries = [line for line in lines[1:] if line.startswith(f"{role} stopped ")]
+    assert len(summaries) == 2 and len(lines) == 3
+    totals = {"read": 0, "written": 0, "acked": 0, "dead_lettered": 0}
+    for line in summaries:
+        counts = dict(pair.split("=", 1) for pair in line.split()[2:])
+        for name in totals:
+            totals[name] += int(counts[name])
+        assert {"retried", "reclaimed", "uptime_s"} <= counts.keys()
+    assert totals == {"read": 3, "written": 3, "acked": 3, "dead_lettered": 0}

@@ -13,10 +13,11 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from boltlink.analytics import acquire, release
+from boltlink.analytics import AnalyticsStore, acquire, release
 from boltlink.backends import connect_redis, open_store
 from boltlink.clicks import stream_names
 from boltlink.settings import Settings
@@ -36,11 +37,12 @@ def consumer_name(role: str, index: int) -> str:
 
 async def _open_sink(
     role: str, settings: Settings, redis: Any
-) -> tuple[Sink, Probe, Callable[[], Awaitable[None]]]:
-    """Return the role's sink, its health probe, and how to close it."""
+) -> tuple[Sink, Probe, Callable[[], Awaitable[None]], str]:
+    """Return the role's sink, its health probe, how to close it, its version."""
     if role == "aggregate":
         store = await open_store(settings)
-        return AggregateSink(store), store.ping, store.close
+        version = await _store_version(settings)
+        return AggregateSink(store), store.ping, store.close, version
     # One analytics store per process: in the embedded profile the stats
     # API shares it (chDB allows one client per data folder).
     analytics = await asyncio.to_thread(acquire, settings)
@@ -50,7 +52,33 @@ async def _open_sink(
         sink.close()
         await asyncio.to_thread(release, analytics)
 
-    return sink, analytics.ping, close
+    return sink, analytics.ping, close, await _clickhouse_version(analytics)
+
+
+async def _store_version(settings: Settings) -> str:
+    """Return ``sqlite=X`` or ``postgres=X`` for the start line."""
+    if not settings.database_dsn.startswith("postgres"):
+        return f"sqlite={sqlite3.sqlite_version}"
+    import psycopg
+
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            settings.database_dsn, connect_timeout=5
+        )
+    except psycopg.Error as exc:
+        return f"postgres=unreachable({type(exc).__name__})"
+    async with conn:
+        number = conn.info.server_version
+    return f"postgres={number // 10000}.{number % 10000}"
+
+
+async def _clickhouse_version(analytics: AnalyticsStore) -> str:
+    """Return ``clickhouse=X`` for the start line (chDB: its engine version)."""
+    try:
+        rows = await analytics.query("SELECT version()")
+    except Exception as exc:
+        return f"clickhouse=unreachable({type(exc).__name__})"
+    return f"clickhouse={rows[0][0]}"
 
 
 async def run_role(
@@ -61,7 +89,7 @@ async def run_role(
     count = consumers or settings.consumers
     redis = connect_redis(settings, socket_timeout=settings.block_ms / 1000 + 5)
     try:
-        sink, probe, close_sink = await _open_sink(role, settings, redis)
+        sink, probe, close_sink, version = await _open_sink(role, settings, redis)
     except BaseException:
         await redis.aclose()
         raise
@@ -85,7 +113,7 @@ async def run_role(
     info = await _server_version(redis)
     logger.info(
         "%s started streams=%s group=%s consumers=%s batch_size=%d block_ms=%d "
-        "claim_idle_ms=%d max_deliveries=%d redis=%s",
+        "claim_idle_ms=%d max_deliveries=%d redis=%s %s",
         role,
         ",".join(streams),
         sink.name,
@@ -95,6 +123,7 @@ async def run_role(
         settings.claim_idle_ms,
         settings.max_deliveries,
         info,
+        version,
     )
     tasks = [
         asyncio.create_task(w.run(stop), name=f"consumer-{w.consumer}") for w in workers
