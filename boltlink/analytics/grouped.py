@@ -16,7 +16,7 @@ order), so a keyset cursor pages through them without gaps or repeats.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from boltlink.analytics.queries import (
@@ -86,7 +86,7 @@ async def grouped_counts(store: AnalyticsStore, query: GroupQuery) -> dict[str, 
 def _plan(query: GroupQuery) -> _Plan:
     scope, group = query.scope, query.group_by
     others = [dim for dim in query.filters if dim != group]
-    source = scope.source()
+    source = scope.source(zoned=group == "day")
     hourly = source is not RAW
     where = [scope.link_condition()]
     condition = scope.bot_condition()
@@ -104,7 +104,10 @@ def _plan(query: GroupQuery) -> _Plan:
     where.append(range_sql(source.time))
     where += [f"{DIMENSIONS[d]} IN {{f_{d}:Array(String)}}" for d in query.filters]
     key, key_type = _key(source, group)
-    return _Plan(source.table, key, key_type, where, measures_sql(source, condition))
+    # Groups carry no visitor counts: merging uniq states is the costly
+    # part of a rollup read, and the dimension rollup has none to merge.
+    measures = measures_sql(replace(source, visitors="0"), condition)
+    return _Plan(source.table, key, key_type, where, measures)
 
 
 # The dimension rollup has clicks but no visitor states.

@@ -46,6 +46,11 @@ class Scope:
             "links": list(self.link_ids or ()),
         }
 
-    def source(self) -> Source:
-        """Return the cheapest exact source for day buckets in the zone."""
-        return source_for(StatsQuery(self.start, self.end, "day", self.tz, self.bots))
+    def source(self, *, zoned: bool) -> Source:
+        """Return the cheapest exact source: for days in the zone if ``zoned``.
+
+        A question that cuts no days (totals, groups by link or dimension)
+        only needs the range on whole hours, whatever the zone.
+        """
+        tz = self.tz if zoned else "UTC"
+        return source_for(StatsQuery(self.start, self.end, "day", tz, self.bots))
