@@ -535,3 +535,100 @@ def test_consumer_killed_after_write_before_ack_counts_once(
         client.close()
     assert _counted(settings, role, link_id) == [6] * (1 if role == "aggregate" else 2)
     assert "reclaimed=3" in fleet.log(role) or "read=3" in fleet.log(role)
+
+
+# -- SIGTERM ----------------------------------------------------------------------
+
+# `boltlink aggregate` whose sink takes SECONDS per write, and says when it
+# starts one by creating the file MARK.
+_SLOW_WRITES = """
+import asyncio, pathlib, sys
+from boltlink import cli
+from boltlink.workers import run
+
+seconds, mark = float(sys.argv[1]), pathlib.Path(sys.argv[2])
+opened = run._open_sink
+
+async def open_slow(role, settings, redis):
+    sink, probe, close, version = await opened(role, settings, redis)
+    write = sink.write
+
+    async def slow_write(stream, entries):
+        mark.touch()
+        await asyncio.sleep(seconds)
+        await write(stream, entries)
+
+    sink.write = slow_write
+    return sink, probe, close, version
+
+run._open_sink = open_slow
+sys.argv[1:] = ["aggregate"]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("write_seconds", "shutdown_timeout", "finished"),
+    [(1.0, "30", True), (120.0, "1", False)],
+)
+def test_sigterm_finishes_the_batch_or_gives_up_after_the_timeout(
+    tmp_path: Path,
+    redis_settings: dict[str, str],
+    write_seconds: float,
+    shutdown_timeout: str,
+    finished: bool,
+) -> None:
+    settings = {
+        **_COMMON,
+        **redis_settings,
+        "database_url": f"sqlite:///{tmp_path / 'links.sqlite3'}",
+        "data_dir": str(tmp_path / "data"),
+        "stream_partitions": "1",
+        "shutdown_timeout": shutdown_timeout,
+    }
+    _run(tmp_path, settings, "migrate", "--no-analytics")
+    link_id = _seed_link(settings, tmp_path)
+    [stream] = stream_names(settings["redis_prefix"], 1)
+    client = redis.Redis.from_url(settings["redis_url"])
+    mark = tmp_path / "writing"
+    log = tmp_path / "aggregate.log"
+    try:
+        click = Click(link_id=link_id, code="dies", ts_ms=1_700_000_000_000)
+        for _ in range(3):
+            client.xadd(stream, encode_clicks([click]))
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _SLOW_WRITES, str(write_seconds), str(mark)],
+                cwd=tmp_path,
+                env=_env(settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while not mark.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert mark.exists(), log.read_text()
+            process.send_signal(signal.SIGTERM)
+            # Well before a 120 s write could end: the timeout cut it short.
+            assert process.wait(60) == 0, log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        pending = client.xpending(stream, "aggregate")["pending"]
+    finally:
+        client.close()
+
+    output = log.read_text()
+    clicks = _store_counts(settings)[link_id][1]
+    if finished:
+        assert (pending, clicks) == (0, 3)
+        assert "still busy" not in output
+        assert "written=3 acked=3" in output
+    else:
+        # Cancelled mid-write: nothing acknowledged, so the next consumer
+        # reclaims all three entries.
+        assert (pending, clicks) == (3, 0)
+        assert "1 tasks still busy 1.0 s after stop, cancelled" in output
+        assert "written=0 acked=0" in output
