@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from boltlink.analytics import AnalyticsStore
 from boltlink.backends import connect_clickhouse
-from boltlink.clicks import Click, encode_clicks, stream_names
+from boltlink.clicks import Click, decode_entry, encode_clicks, stream_names
 from boltlink.deadletters import (
     ORIGIN_FIELD,
     list_dead_letters,
@@ -21,7 +22,7 @@ from boltlink.deadletters import (
 from boltlink.errors import BackendUnavailable
 from boltlink.models import NewLink
 from boltlink.workers.consumer import StreamConsumer, create_groups
-from boltlink.workers.retention import trim_streams
+from boltlink.workers.retention import DEDUP_KEEP, prune_dedup_state, trim_streams
 from boltlink.workers.sinks import AggregateSink, IngestSink
 
 pytestmark = pytest.mark.redis
@@ -457,3 +458,27 @@ async def test_trimming_keeps_every_entry_a_group_still_needs(
     await redis_client.xgroup_setid(stream, "laggard", "$")
     await trim_streams(redis_client, [stream])
     assert await redis_client.xlen(stream) <= 100
+
+
+async def test_dedup_state_is_kept_while_an_entry_is_pending_then_forgotten(
+    store: Any, redis_client: Any, settings: Any
+) -> None:
+    link_id = await _link(store, "prune")
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    await create_groups(redis_client, [stream], ["aggregate"])
+    ids = await _add(redis_client, stream, [_entry(link_id) for _ in range(3)])
+    sink = AggregateSink(store)
+    await sink.write(stream, [(i, decode_entry(_entry(link_id))) for i in ids])
+    # A week and a day later, one entry is still pending: delivered again,
+    # it must still be recognised, and so must everything applied after it.
+    later = datetime.now(UTC) + DEDUP_KEEP + timedelta(days=1)
+    await redis_client.xreadgroup("aggregate", "ghost", {stream: ">"}, count=1)
+
+    assert await prune_dedup_state(redis_client, [stream], sink.prune, later) == 0
+    await sink.write(stream, [(ids[0], decode_entry(_entry(link_id)))])
+    assert await _clicks(store, "prune") == 3
+
+    await redis_client.xack(stream, "aggregate", ids[0])
+    assert await prune_dedup_state(redis_client, [stream], sink.prune, later) == 3
+    soon = datetime.now(UTC) + timedelta(days=1)
+    assert await prune_dedup_state(redis_client, [stream], sink.prune, soon) == 0

@@ -11,6 +11,11 @@ of entries that could already go, and is much cheaper than exact trimming.
 The redirect side keeps ``XADD ... MAXLEN ~ BOLTLINK_STREAM_MAXLEN`` only as
 a hard memory cap for when a group falls that far behind; see
 docs/pipeline.md for what is lost then.
+
+The aggregate sink's memory of applied entries (``applied_click_entries``)
+is trimmed here too: an entry id is forgotten once it is older than
+:data:`DEDUP_KEEP` and than every entry the group still holds pending, the
+only entries that can be delivered again.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -31,7 +37,26 @@ from boltlink.workers.metrics import (
     STREAM_TRIMMED,
 )
 
-__all__ = ["oldest_needed", "run_retention", "trim_streams"]
+__all__ = [
+    "DEDUP_KEEP",
+    "dedup_cutoff",
+    "oldest_needed",
+    "prune_dedup_state",
+    "run_dedup_pruning",
+    "run_retention",
+    "trim_streams",
+]
+
+#: How long the aggregate sink remembers an applied entry at least. A dead
+#: letter replayed later than this may count twice if its original had been
+#: written before it was given up (docs/pipeline.md, "Counted once").
+DEDUP_KEEP = timedelta(days=7)
+# Slack for clocks: entry ids carry Redis's clock, applied_at the store's.
+_CLOCK_SLACK = timedelta(hours=1)
+_PRUNE_INTERVAL = 3600.0
+
+#: Forget applied entries recorded before the given time; return how many.
+Prune = Callable[[datetime], Awaitable[int]]
 
 logger = logging.getLogger("boltlink.retention")
 
@@ -87,6 +112,48 @@ async def run_retention(
             logger.warning("stream trimming skipped this round: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
+
+
+async def dedup_cutoff(
+    redis: Any, streams: Sequence[str], group: str, now: datetime
+) -> datetime:
+    """Return the time before which ``group``'s applied entries may be forgotten."""
+    cutoff = now - DEDUP_KEEP
+    for stream in streams:
+        try:
+            summary = await redis.xpending(stream, group)
+        except redis_errors.ResponseError:
+            continue  # no stream or no group yet: nothing pending
+        if summary["min"] is not None:
+            millis = entry_key(_text(summary["min"]))[0]
+            held = datetime.fromtimestamp(millis / 1000, UTC) - _CLOCK_SLACK
+            cutoff = min(cutoff, held)
+    return cutoff
+
+
+async def prune_dedup_state(
+    redis: Any,
+    streams: Sequence[str],
+    prune: Prune,
+    now: datetime | None = None,
+) -> int:
+    """Forget the aggregate group's applied entries no delivery can repeat."""
+    cutoff = await dedup_cutoff(redis, streams, "aggregate", now or datetime.now(UTC))
+    return await prune(cutoff)
+
+
+async def run_dedup_pruning(
+    redis: Any, streams: Sequence[str], prune: Prune, stop: asyncio.Event
+) -> None:
+    """Prune the aggregate sink's dedup state every hour until ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            pruned = await prune_dedup_state(redis, streams, prune)
+            logger.debug("forgot %d applied click entries", pruned)
+        except Exception as exc:
+            logger.warning("applied click entries not pruned this round: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), _PRUNE_INTERVAL)
 
 
 async def _trim_to(redis: Any, stream: str, partition: int, minid: str) -> int:

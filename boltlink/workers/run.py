@@ -22,7 +22,7 @@ from boltlink.backends import connect_redis, open_store
 from boltlink.clicks import stream_names
 from boltlink.settings import Settings
 from boltlink.workers.consumer import Probe, Sink, StreamConsumer, create_groups
-from boltlink.workers.retention import run_retention
+from boltlink.workers.retention import run_dedup_pruning, run_retention
 from boltlink.workers.sinks import AggregateSink, IngestSink
 
 __all__ = ["ROLES", "run_role"]
@@ -129,6 +129,9 @@ async def run_role(
         asyncio.create_task(w.run(stop), name=f"consumer-{w.consumer}") for w in workers
     ]
     tasks.append(asyncio.create_task(_retain(redis, streams, stop, settings)))
+    if isinstance(sink, AggregateSink):
+        pruning = run_dedup_pruning(redis, streams, sink.prune, stop)
+        tasks.append(asyncio.create_task(pruning, name="dedup-pruning"))
     try:
         await _until_stopped(tasks, stop, settings.shutdown_timeout, logger)
     finally:

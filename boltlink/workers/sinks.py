@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from boltlink.analytics import AnalyticsStore, dedup_token
@@ -32,6 +33,10 @@ class AggregateSink:
             counts = collections.Counter(click.link_id for click in clicks)
             batch.append((entry_id, counts))
         await self._store.apply_clicks(stream, batch)
+
+    async def prune(self, older_than: datetime) -> int:
+        """Forget entries applied before ``older_than``; return how many."""
+        return await self._store.prune_applied(older_than)
 
 
 class IngestSink:
