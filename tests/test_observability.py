@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -278,3 +279,41 @@ def test_tracing_off_hands_out_no_op_spans() -> None:
     assert tracing.current_ids() is None
     with tracing.span("anything") as span:
         assert span is None
+
+
+# -- names ------------------------------------------------------------------------
+
+_ROOT = Path(__file__).parent.parent
+_DOCUMENTED = re.compile(r"^\| `(boltlink_[a-z_]+)` \|", re.MULTILINE)
+_USED = re.compile(r"\b(boltlink_[a-z_]+?)(?:_bucket|_count|_sum)?\b")
+
+
+def _registered() -> set[str]:
+    import boltlink.recorder
+    import boltlink.web.resolver
+    import boltlink.workers.metrics  # noqa: F401
+
+    names = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("boltlink_"):
+            suffix = "_total" if family.type == "counter" else ""
+            names.add(family.name + suffix)
+    return names
+
+
+def test_every_metric_is_documented_and_nothing_else() -> None:
+    documented = set(
+        _DOCUMENTED.findall((_ROOT / "docs" / "observability.md").read_text())
+    )
+
+    assert documented == _registered()
+
+
+@pytest.mark.parametrize(
+    "path", ["deploy/prometheus/alerts.yaml", "deploy/grafana/boltlink.json"]
+)
+def test_deploy_files_use_only_metrics_that_exist(path: str) -> None:
+    used = set(_USED.findall((_ROOT / path).read_text()))
+
+    assert used
+    assert used <= _registered()
