@@ -482,3 +482,27 @@ async def test_dedup_state_is_kept_while_an_entry_is_pending_then_forgotten(
     assert await prune_dedup_state(redis_client, [stream], sink.prune, later) == 3
     soon = datetime.now(UTC) + timedelta(days=1)
     assert await prune_dedup_state(redis_client, [stream], sink.prune, soon) == 0
+
+
+async def test_group_behind_the_stream_cap_is_reported(
+    store: Any, redis_client: Any, settings: Any
+) -> None:
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    await create_groups(redis_client, [stream], ["aggregate"])
+    await _add(redis_client, stream, [_entry(1)] * 10)
+    await redis_client.xreadgroup("aggregate", "ghost", {stream: ">"}, count=2)
+    await create_groups(redis_client, [stream], ["ingest"])
+    sample = REGISTRY.get_sample_value
+
+    def overrun(group: str) -> float | None:
+        labels = {"group": group, "partition": "0"}
+        return sample("boltlink_stream_group_overrun", labels)
+
+    await trim_streams(redis_client, [stream])
+    assert (overrun("aggregate"), overrun("ingest")) == (0, 0)
+
+    # The cap drops the oldest entries: two pending in aggregate, and some
+    # ingest had not read yet.
+    await redis_client.xtrim(stream, maxlen=5, approximate=False)
+    await trim_streams(redis_client, [stream])
+    assert (overrun("aggregate"), overrun("ingest")) == (1, 1)

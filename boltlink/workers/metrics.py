@@ -15,7 +15,9 @@ __all__ = [
     "BATCH_SECONDS",
     "ENTRIES",
     "GROUP_LAG",
+    "GROUP_OVERRUN",
     "GROUP_PENDING",
+    "STREAM_CAP",
     "STREAM_LENGTH",
     "STREAM_TRIMMED",
 ]
@@ -56,6 +58,18 @@ STREAM_LENGTH = Gauge(
     "boltlink_stream_length_entries",
     "Entries held by a click stream partition",
     ["partition"],
+    multiprocess_mode="mostrecent",
+)
+GROUP_OVERRUN = Gauge(
+    "boltlink_stream_group_overrun",
+    "1 when the stream cap (BOLTLINK_STREAM_MAXLEN) dropped entries a group "
+    "had not acknowledged yet, else 0",
+    ["group", "partition"],
+    multiprocess_mode="mostrecent",
+)
+STREAM_CAP = Gauge(
+    "boltlink_stream_cap_entries",
+    "The hard cap on each click stream partition (BOLTLINK_STREAM_MAXLEN)",
     multiprocess_mode="mostrecent",
 )
 STREAM_TRIMMED = Counter(

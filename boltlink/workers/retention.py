@@ -32,7 +32,9 @@ from redis import exceptions as redis_errors
 from boltlink.workers.claims import entry_key
 from boltlink.workers.metrics import (
     GROUP_LAG,
+    GROUP_OVERRUN,
     GROUP_PENDING,
+    STREAM_CAP,
     STREAM_LENGTH,
     STREAM_TRIMMED,
 )
@@ -75,19 +77,58 @@ async def oldest_needed(redis: Any, stream: str, partition: int = 0) -> str | No
         groups = await redis.xinfo_groups(stream)
     except redis_errors.ResponseError:
         return None
+    info = await redis.xinfo_stream(stream)
     needed: list[str] = []
     for group in groups:
         name = _text(group["name"])
         pending = int(group["pending"])
-        _report(name, partition, group.get("lag"), pending)
+        lag = group.get("lag")
+        _report(name, partition, lag, pending)
 
-        last = _text(group["last-delivered-id"])
+        delivered = _text(group["last-delivered-id"])
+        oldest_pending = None
         if pending:
             summary = await redis.xpending(stream, name)
             if summary["min"] is not None:
-                last = min(last, _text(summary["min"]), key=entry_key)
-        needed.append(last)
+                oldest_pending = _text(summary["min"])
+        overrun = _overrun(info, group, oldest_pending)
+        _report_overrun(stream, name, partition, overrun)
+        needed.append(min(delivered, oldest_pending or delivered, key=entry_key))
     return min(needed, key=entry_key) if needed else None
+
+
+def _overrun(stream: Any, group: Any, pending: str | None) -> bool:
+    """Tell whether entries the group had not acknowledged left the stream.
+
+    Our trimming keeps every id from the oldest one needed on, so only
+    XADD's MAXLEN cap (or an XDEL) can take them: a pending entry older
+    than the first one left, or more entries added and not yet read by the
+    group (Redis 7's counters) than the stream still holds.
+    """
+    first = stream.get("first-entry")
+    if not first:
+        return False
+    head = entry_key(_text(first[0]))
+    if pending is not None and entry_key(pending) < head:
+        return True
+    delivered = _text(group["last-delivered-id"])
+    read = group.get("entries-read")
+    if entry_key(delivered) >= head or (read is None and delivered != "0-0"):
+        return False
+    unread = int(stream.get("entries-added") or 0) - int(read or 0)
+    return unread > int(stream["length"])
+
+
+def _report_overrun(stream: str, group: str, partition: int, overrun: bool) -> None:
+    if overrun:
+        logger.warning(
+            "group %s fell behind the cap of %s: entries it had not "
+            "acknowledged were dropped (raise BOLTLINK_STREAM_MAXLEN or add "
+            "consumers)",
+            group,
+            stream,
+        )
+    GROUP_OVERRUN.labels(group, str(partition)).set(int(overrun))
 
 
 async def trim_streams(redis: Any, streams: Sequence[str]) -> int:
@@ -102,9 +143,15 @@ async def trim_streams(redis: Any, streams: Sequence[str]) -> int:
 
 
 async def run_retention(
-    redis: Any, streams: Sequence[str], stop: asyncio.Event, interval: float
+    redis: Any,
+    streams: Sequence[str],
+    stop: asyncio.Event,
+    interval: float,
+    cap: int | None = None,
 ) -> None:
     """Trim the streams every ``interval`` seconds until ``stop`` is set."""
+    if cap is not None:
+        STREAM_CAP.set(cap)
     while not stop.is_set():
         try:
             await trim_streams(redis, streams)

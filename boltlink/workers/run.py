@@ -161,7 +161,9 @@ async def _retain(
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.trim_interval)
-    await run_retention(redis, streams, stop, settings.trim_interval)
+    await run_retention(
+        redis, streams, stop, settings.trim_interval, settings.stream_maxlen
+    )
 
 
 async def _until_stopped(
