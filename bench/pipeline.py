@@ -10,7 +10,8 @@ Before each run the sink's group is destroyed, so the consumer creates it
 again at id 0 and reads the whole stream. So that every run does the same
 work, the aggregate run starts from an empty ``applied_click_entries``
 (else every entry would be skipped as already applied) and each ingest run
-gets a fresh chDB folder.
+gets a fresh chDB folder. A group that never reads holds the stream, which
+the consumers would otherwise trim behind themselves.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from boltlink.settings import Settings
 __all__ = ["pipeline_bench", "profile_sink"]
 
 CLICKS_PER_ENTRY = 10
+_HOLD_GROUP = "bench-hold"
 LINKS = 1000
 _USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -137,6 +139,9 @@ def _fill(stream: str, links: list[tuple[int, str]], events: int) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     now = int(time.time() * 1000)
     try:
+        # The consumers trim the stream behind the slowest group; this one
+        # never reads, so every run finds the whole stream still there.
+        client.xgroup_create(stream, _HOLD_GROUP, id="0", mkstream=True)
         pipe = client.pipeline(transaction=False)
         for entry in range(events // CLICKS_PER_ENTRY):
             clicks = [

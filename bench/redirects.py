@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.baselines import baseline_server
 from bench.measure import Measured, Plan, Row, measure, sample_rss
 from bench.results import BASELINE_STARLETTE, Memory, Results, StoreReads
-from bench.sandbox import Sandbox, delete_keys
+from bench.sandbox import Sandbox
 from bench.seed import create_key, create_links, drain_clicks, new_codes
 from bench.servers import (
     Served,
@@ -156,10 +156,10 @@ def redirect_cold(plan: Plan, workers: int, results: Results) -> None:
     with boltlink_server(f"cold{workers}", workers) as server:
         hot = new_codes(plan.hot_links, "h")
         cold = new_codes(plan.cold_links, "c")
-        create_links(server.served.url, server.key, hot + cold)
-        # The API wrote every new link to Redis: drop the cold ones' copies,
-        # so that their first request finds them in no cache at all.
-        delete_keys(server.box.prefix, f"link:{cold[0].rpartition('-')[0]}-*")
+        create_links(server.served.url, server.key, hot)
+        # Straight into Postgres: the API would put each link in Redis too,
+        # and a cold code must be in no cache at all.
+        server.box.insert_links(cold)
         hot_path = server.codes_file(hot, "hot")
 
         # Warm the workers up on links that the cold runs never ask for.

@@ -92,6 +92,20 @@ class Sandbox:
         if done.returncode != 0:
             raise RuntimeError(f"boltlink migrate failed: {done.stderr.strip()}")
 
+    def insert_links(self, codes: list[str]) -> None:
+        """Insert a link per code straight into the schema, in no cache at all.
+
+        Each points at ``https://example.com/landing/<code>``, as the links
+        that ``bench.seed.create_links`` makes through the API.
+        """
+        with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+            conn.execute(
+                f'INSERT INTO "{self.schema}".links (code, url)'
+                " SELECT c, 'https://example.com/landing/' || c"
+                " FROM unnest(%s::text[]) AS c",
+                (codes,),
+            )
+
     def code_lookups(self) -> int:
         """Return how often Postgres has read this schema's links by code.
 
