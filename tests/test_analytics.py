@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ def test_cluster_ddl_renders_replicated_and_distributed_tables() -> None:
     for rollup in ("clicks_hourly", "clicks_daily", "clicks_dims_hourly"):
         assert f"CREATE TABLE IF NOT EXISTS {rollup} ON CLUSTER `prod` AS" in ddl
         assert f"{rollup}_local_mv ON CLUSTER `prod` TO {rollup}_local AS" in ddl
+    assert (
+        "ALTER TABLE clicks_dims_hourly_local ON CLUSTER `prod` "
+        "ADD PROJECTION IF NOT EXISTS dims_by_day" in ddl
+    )
     assert "FROM clicks_local" in ddl
     assert "ALTER TABLE clicks_local ON CLUSTER `prod` MODIFY TTL" in ddl
     assert "INTERVAL 90 DAY" in ddl
@@ -88,6 +93,58 @@ def test_migrate_upgrades_a_table_of_the_first_release(tmp_path: Path) -> None:
         assert {"visitor", "browser", "bot"} <= {r[0] for r in columns.result_rows}
     finally:
         client.close()
+
+
+def _explain_reads(store: AnalyticsStore, sql: str) -> list[str]:
+    rows = store._client.query(f"EXPLAIN {sql}").result_rows
+    return [row[0].strip() for row in rows if "ReadFromMergeTree" in row[0]]
+
+
+async def test_dimension_questions_over_days_read_the_projection(
+    store: AnalyticsStore,
+) -> None:
+    await IngestSink(store).write("s", _entries(14, [0, 1]))
+    sql = (
+        "SELECT value, bot, sum(clicks) FROM clicks_dims_hourly WHERE dim = 'os' "
+        "AND toDate(hour) >= '2025-03-01' AND toDate(hour) < '2025-04-01' "
+        "GROUP BY value, bot"
+    )
+
+    assert _explain_reads(store, sql) == ["└──ReadFromMergeTree (dims_by_day)"]
+
+
+async def test_migrate_builds_the_projection_for_existing_parts(
+    store: AnalyticsStore,
+) -> None:
+    client = store._client
+    client.command("ALTER TABLE clicks_dims_hourly DROP PROJECTION dims_by_day")
+    await IngestSink(store).write("s", _entries(13, [0, 1, 2]))
+
+    store.migrate()
+    store.migrate()
+    _wait_for_mutations(client)
+    parts = client.query(
+        "SELECT count() FROM system.projection_parts WHERE active "
+        "AND table = 'clicks_dims_hourly' AND name = 'dims_by_day'"
+    )
+    assert parts.result_rows[0][0] >= 1
+    days = await store.query(
+        "SELECT sum(clicks) FROM clicks_dims_hourly WHERE dim = 'device' "
+        "AND toDate(hour) >= '2025-03-01' AND toDate(hour) < '2025-04-01'"
+    )
+    assert days == [(3,)]
+
+
+def _wait_for_mutations(client: Any) -> None:
+    # The projection is built by a background mutation; wait until it is.
+    for _ in range(200):
+        pending = client.command(
+            "SELECT count() FROM system.mutations WHERE NOT is_done"
+        )
+        if int(pending) == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("mutations still pending after 10 s")
 
 
 def _entries(link_id: int, seconds: list[int]) -> list[tuple[str, list[Click]]]:

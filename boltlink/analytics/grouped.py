@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 from typing import Any
 
 from boltlink.analytics.queries import (
@@ -94,8 +95,11 @@ def _plan(query: GroupQuery) -> _Plan:
     if group in DIMENSIONS and hourly and not others:
         # The dimension rollup holds one row per value of each dimension;
         # it answers a question about one dimension at a time.
-        where += [range_sql("hour"), "dim = {group:String}"]
+        where.append("dim = {group:String}")
         where += [f"value IN {{f_{d}:Array(String)}}" for d in query.filters]
+        if source is DAILY:
+            return _by_day_plan(scope, where, condition)
+        where.append(range_sql("hour"))
         measures = measures_sql(_DIMS, condition)
         return _Plan("clicks_dims_hourly", "value", "String", where, measures)
 
@@ -112,6 +116,25 @@ def _plan(query: GroupQuery) -> _Plan:
 
 # The dimension rollup has clicks but no visitor states.
 _DIMS = Source("clicks_dims_hourly", "hour", "clicks", "0", "")
+_BY_DAY = Source("", "", "c", "0", "")
+
+
+def _by_day_plan(scope: Scope, where: list[str], condition: str) -> _Plan:
+    # Over whole UTC days the inner query is the shape of the rollup's
+    # dims_by_day projection (grouped by dimension, day, link, bot, value),
+    # so ClickHouse reads the projection instead of the hourly rows.
+    # NOTE: the days are literals (of validated datetimes), not bound
+    # parameters: ClickHouse matches no projection through a parameter's
+    # cast.
+    start, end = (
+        m.astimezone(UTC).date().isoformat() for m in (scope.start, scope.end)
+    )
+    days = f"toDate(hour) >= '{start}' AND toDate(hour) < '{end}'"
+    inner = (
+        "(SELECT value, bot, sum(clicks) AS c FROM clicks_dims_hourly "
+        f"WHERE {' AND '.join([*where, days])} GROUP BY value, bot)"
+    )
+    return _Plan(inner, "value", "String", ["1"], measures_sql(_BY_DAY, condition))
 
 
 def _key(source: Source, group: str) -> tuple[str, str]:

@@ -12,14 +12,22 @@ Rollups are fed by materialized views, which fire on each inserted block:
 - ``clicks_hourly`` and ``clicks_daily``: clicks and a ``uniq`` state of
   visitor hashes per link, per UTC hour or day, per bot flag;
 - ``clicks_dims_hourly``: clicks per link, UTC hour, bot flag and value of
-  each dimension (country, referrer, browser, os, device).
+  each dimension (country, referrer, browser, os, device), with a projection
+  ``dims_by_day`` summed per dimension, UTC day, link, bot flag and value:
+  a question across links about one dimension over whole days reads only
+  that dimension's rows of the range.
+
+A projection is kept by ClickHouse itself, on every insert and merge
+(``deduplicate_merge_projection_mode = 'rebuild'`` re-aggregates it when
+parts of the aggregating table merge); ``MATERIALIZE PROJECTION`` builds it
+for parts written before it existed, a mutation that is safe to repeat.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DIMENSIONS", "RAW_COLUMNS", "Schema"]
+__all__ = ["DIMENSIONS", "DIMS_BY_DAY", "RAW_COLUMNS", "Schema"]
 
 #: The raw table's columns, in insert order, with their types and codecs.
 RAW_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -45,6 +53,9 @@ RAW_COLUMNS: tuple[tuple[str, str], ...] = (
     ("bot_name", "LowCardinality(String)"),
     ("visitor", "UInt64 CODEC(ZSTD(1))"),
 )
+
+#: The projection of ``clicks_dims_hourly`` per dimension and UTC day.
+DIMS_BY_DAY = "dims_by_day"
 
 #: Dimension name -> raw column, as grouped by the dimension rollup.
 DIMENSIONS: dict[str, str] = {
@@ -75,6 +86,7 @@ class Schema:
             *self._upgrades(),
             *self._rollup_tables(),
             *self._views(),
+            *self._projections(),
             *([self._ttl()] if self.ttl_days else []),
         ]
 
@@ -180,6 +192,21 @@ class Schema:
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self.local(target)}_mv"
             f"{self._on_cluster()} TO {self.local(target)} AS {select}"
         )
+
+    def _projections(self) -> list[str]:
+        dims = f"{self.local('clicks_dims_hourly')}{self._on_cluster()}"
+        return [
+            f"ALTER TABLE {dims} MODIFY SETTING "
+            "deduplicate_merge_projection_mode = 'rebuild'",
+            f"ALTER TABLE {dims} ADD PROJECTION IF NOT EXISTS {DIMS_BY_DAY} "
+            "(SELECT dim, toDate(hour), link_id, bot, value, sum(clicks) "
+            "GROUP BY dim, toDate(hour), link_id, bot, value)",
+        ]
+
+    def materialize(self, projection: str) -> str:
+        """Return the mutation that builds ``projection`` for existing parts."""
+        dims = f"{self.local('clicks_dims_hourly')}{self._on_cluster()}"
+        return f"ALTER TABLE {dims} MATERIALIZE PROJECTION {projection}"
 
     def _upgrades(self) -> list[str]:
         # A raw table made by an earlier release lacks the enrichment

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from boltlink.analytics.schema import RAW_COLUMNS, Schema
+from boltlink.analytics.schema import DIMS_BY_DAY, RAW_COLUMNS, Schema
 from boltlink.analytics.stream import ByteStream
 from boltlink.errors import BackendUnavailable
 from boltlink.settings import Settings
@@ -71,10 +71,24 @@ class AnalyticsStore:
     def migrate(self) -> None:
         """Create what does not exist yet and apply the TTL setting."""
         with self._lock:
+            projected = self._has_projection(DIMS_BY_DAY)
             for statement in self.schema.statements():
                 self._client.command(statement)
+            # A projection added to a table that holds parts is built for
+            # them by a background mutation; until it ends, ClickHouse reads
+            # those parts without it, still exactly.
+            if not projected:
+                self._client.command(self.schema.materialize(DIMS_BY_DAY))
             if self._manage_ttl and not self.schema.ttl_days:
                 self._remove_ttl()
+
+    def _has_projection(self, name: str) -> bool:
+        table = self.schema.local("clicks_dims_hourly")
+        exists = str(self._client.command(f"EXISTS TABLE {table}")).strip() == "1"
+        if not exists:
+            return False
+        create = str(self._client.command(f"SHOW CREATE TABLE {table}"))
+        return f"PROJECTION {name}" in create
 
     def _remove_ttl(self) -> None:
         try:
