@@ -7,6 +7,7 @@ else the links it created), under scope ``analytics:read``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.requests import Request
@@ -184,7 +185,8 @@ async def get_export(request: Request) -> Response:
     )
 
 
-def _with_header(chunks: Any) -> Any:
+def _with_header(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    # chDB streams plain CSV only; the header line makes it CSVWithNames.
     yield csv_header()
     yield from chunks
 
