@@ -88,6 +88,7 @@ class ClickRecorder:
         self._unsure: collections.deque[_Entry] = collections.deque()
         self._unsure_clicks = 0
         self._unsent: collections.deque[Click] = collections.deque()
+        self._closing = False
         self._writer = secrets.token_hex(6)
         self._writes = itertools.count()
         self._wakeup = asyncio.Event()
@@ -119,6 +120,10 @@ class ClickRecorder:
         while (self._pending or self.buffered) and time.monotonic() < deadline:
             self._wakeup.set()
             await asyncio.sleep(0.01)
+        # The flag ends the writer even if the cancellation is lost on the
+        # way (redis-py may turn one mid-command into a ConnectionError).
+        self._closing = True
+        self._wakeup.set()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -135,7 +140,7 @@ class ClickRecorder:
         return self._unsure_clicks + len(self._unsent)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             if self.buffered:
                 await self._drain_buffer()
             await self._wakeup.wait()
@@ -227,7 +232,7 @@ class ClickRecorder:
     async def _drain_buffer(self, chunk: int = 1000) -> None:
         # Write the oldest entries first, about a chunk of clicks at a time;
         # on failure wait and try again, new clicks queueing behind.
-        while self.buffered:
+        while self.buffered and not self._closing:
             if not self._unsure:
                 self._pack_unsent(chunk)
             entries = self._oldest_unsure(chunk)
@@ -243,7 +248,8 @@ class ClickRecorder:
                 self._unsure.popleft()
                 self._unsure_clicks -= len(entry.clicks)
             BUFFER_DEPTH.set(self.buffered)
-        logger.info("click stream reachable again, buffer written")
+        if not self.buffered:
+            logger.info("click stream reachable again, buffer written")
 
     def _pack_unsent(self, chunk: int) -> None:
         # From here on these clicks may reach Redis: they stay in these

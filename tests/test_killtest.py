@@ -432,7 +432,7 @@ from boltlink.workers import run
 opened = run._open_sink
 
 async def open_dying(role, settings, redis):
-    sink, probe, close = await opened(role, settings, redis)
+    sink, *rest = await opened(role, settings, redis)
     write = sink.write
 
     async def write_then_die(stream, entries):
@@ -440,7 +440,7 @@ async def open_dying(role, settings, redis):
         os.kill(os.getpid(), signal.SIGKILL)
 
     sink.write = write_then_die
-    return sink, probe, close
+    return (sink, *rest)
 
 run._open_sink = open_dying
 asyncio.run(run.run_role(sys.argv[1], Settings.from_env(), asyncio.Event()))
@@ -550,7 +550,7 @@ seconds, mark = float(sys.argv[1]), pathlib.Path(sys.argv[2])
 opened = run._open_sink
 
 async def open_slow(role, settings, redis):
-    sink, probe, close, version = await opened(role, settings, redis)
+    sink, *rest = await opened(role, settings, redis)
     write = sink.write
 
     async def slow_write(stream, entries):
@@ -559,7 +559,7 @@ async def open_slow(role, settings, redis):
         await write(stream, entries)
 
     sink.write = slow_write
-    return sink, probe, close, version
+    return (sink, *rest)
 
 run._open_sink = open_slow
 sys.argv[1:] = ["aggregate"]

@@ -86,25 +86,38 @@ async def keep_claimed(
     idle_ms: int,
 ) -> AsyncIterator[None]:
     """Reset the idle time of ``ids`` every half ``idle_ms`` while inside."""
+    done = asyncio.Event()
     task = asyncio.create_task(
-        _touch_forever(redis, stream, group, consumer, list(ids), idle_ms),
+        _touch_until(done, redis, stream, group, consumer, list(ids), idle_ms),
         name=f"keep-claimed-{consumer}",
     )
     try:
         yield
     finally:
+        # The event ends the loop even if a cancellation is lost on the way:
+        # redis-py may turn one that lands mid-command into a ConnectionError.
+        done.set()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
 
-async def _touch_forever(
-    redis: Any, stream: str, group: str, consumer: str, ids: list[str], idle_ms: int
+async def _touch_until(
+    done: asyncio.Event,
+    redis: Any,
+    stream: str,
+    group: str,
+    consumer: str,
+    ids: list[str],
+    idle_ms: int,
 ) -> None:
     if not ids:
         return
-    while True:
-        await asyncio.sleep(idle_ms / 2000)
+    while not done.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), idle_ms / 2000)
+        if done.is_set():
+            return
         # Claim only entries idle over a quarter of the threshold: ours have
         # been idle about half of it, while one another consumer has just
         # taken over (our touch came late) has not, and stays with it.
