@@ -191,12 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         codes = new_codes(Plan().hot_links, "h")
         create_links(server.served.url, server.key, codes)
         path = server.codes_file(codes, "hot")
+        unknown = server.codes_file(new_codes(Plan().flood_codes, "nf"), "flood")
         target = server.baseline if args.scenario == "baseline" else server.served
         assert target is not None
         script, env = {
             "hot": ("cycle.lua", {"BENCH_CODES": str(path)}),
             "baseline": ("cycle.lua", {"BENCH_CODES": str(path)}),
-            "notfound": ("notfound.lua", {"BENCH_SEED": "7"}),
+            "notfound": ("notfound.lua", {"BENCH_CODES": str(unknown)}),
             "create": (
                 "create.lua",
                 {"BENCH_KEY": server.key, "BENCH_NONCE": secrets.token_hex(3)},
