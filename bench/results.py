@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -146,4 +147,17 @@ def machine() -> dict[str, Any]:
         "memory_gib": memory_gib,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        **{name: _version(name) for name in _PACKAGES},
     }
+
+
+# The versions that shape the figures: the server, the framework, the loop
+# and the clients of the redirect path.
+_PACKAGES = ("granian", "starlette", "uvloop", "redis", "psycopg", "chdb")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
