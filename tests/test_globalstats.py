@@ -157,6 +157,10 @@ async def test_global_unknown_or_foreign_link_is_404(client: Any, world: World) 
         ({"tz": "Nowhere/City"}, "tz"),
         ({"from": "2025-03-10", "to": "2025-03-10"}, "from"),
         ({"from": "2010-01-01", "to": "2025-01-01"}, "from"),
+        ({"from": "1969-12-31", "to": "1970-01-02"}, "from"),
+        ({"from": "2025-01-01", "to": "9999-12-31T23:59:59-05:00"}, "to"),
+        ({"from": "2025-01-01", "to": "2300-01-01"}, "to"),
+        ({"from": "2025-03-09T25:00"}, "from"),
     ],
 )
 async def test_global_bad_parameters_get_problem_document(

@@ -46,6 +46,8 @@ __all__ = [
 MAX_RANGE = timedelta(days=3660)
 DEFAULT_RANGE = timedelta(days=30)
 _TZ_SHAPE = re.compile(r"[A-Za-z0-9_+\-/]{1,64}")
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 async def analytics_store(request: Request) -> analytics.AnalyticsStore:
@@ -123,7 +125,17 @@ def _moment(request: Request, name: str, zone: ZoneInfo) -> datetime | None:
     # A date, or a date-time without offset, is read in the requested zone.
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
-    return moment.astimezone(UTC)
+    # ClickHouse's DateTime64 reads years 1900 to 2299; clicks are newer.
+    out_of_range = ValidationFailed(
+        f"{name} must lie between 1970 and 2199, got {raw!r}", field=name
+    )
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise out_of_range from None
+    if not _EARLIEST <= moment <= _LATEST:
+        raise out_of_range
+    return moment
 
 
 def read_range(request: Request, tz: str) -> tuple[datetime, datetime]:
