@@ -109,6 +109,19 @@ async def test_overview_same_answer_from_each_source(
     assert _ranking(body) == [("alpha", 5), ("gamma", 4), ("beta", 3)]
 
 
+async def test_overview_of_one_link_and_of_a_foreign_one(
+    client: Any, world: World
+) -> None:
+    beta = await _overview(client, world.auth, link="beta")
+    foreign = await client.get(
+        "/api/v1/stats/overview", params={**RANGE, "link": "gamma"}, headers=world.auth
+    )
+
+    assert _ranking(beta) == [("beta", 3)]
+    assert beta["totals"]["links"] == 1
+    assert (foreign.status_code, foreign.json()["code"]) == (404, "not_found")
+
+
 async def test_overview_pages_through_links(client: Any, world: World) -> None:
     first = await _overview(client, world.admin, limit="2")
     second = await _overview(
