@@ -114,7 +114,7 @@ async def test_export_of_an_empty_range_is_a_valid_empty_file(
         assert (table.num_rows, table.column_names) == (0, EXPORT_COLUMNS)
 
 
-async def test_export_streams_while_other_queries_wait(
+async def test_export_read_to_the_end_frees_the_store_for_others(
     client: Any, world: World
 ) -> None:
     async with client.stream(
