@@ -3,7 +3,8 @@
 The loop is the same for every sink: read a batch with ``XREADGROUP``, hand
 it to the sink in one call, and ``XACK`` only after the sink returned, so an
 entry is acknowledged only once its effect is durable. Sinks are idempotent
-on the entry id, so a second delivery of an entry is harmless. Around that:
+on the entry's key (its write id, see :mod:`boltlink.clicks`), so a second
+delivery of an entry, or a second copy of it, is harmless. Around that:
 
 - on start, and after any failure, a consumer re-reads its own pending
   entries (id ``0``) before asking for new ones;

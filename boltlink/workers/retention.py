@@ -13,9 +13,10 @@ a hard memory cap for when a group falls that far behind; see
 docs/pipeline.md for what is lost then.
 
 The aggregate sink's memory of applied entries (``applied_click_entries``)
-is trimmed here too: an entry id is forgotten once it is older than
-:data:`DEDUP_KEEP` and than every entry the group still holds pending, the
-only entries that can be delivered again.
+is trimmed here too: an applied entry is forgotten once it was applied
+longer than :data:`DEDUP_KEEP` ago and before every entry the group still
+holds pending was written, pending entries being the ones that can be
+delivered again.
 """
 
 from __future__ import annotations
