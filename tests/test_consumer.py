@@ -22,7 +22,12 @@ from boltlink.deadletters import (
 from boltlink.errors import BackendUnavailable
 from boltlink.models import NewLink
 from boltlink.workers.consumer import StreamConsumer, create_groups
-from boltlink.workers.retention import DEDUP_KEEP, prune_dedup_state, trim_streams
+from boltlink.workers.retention import (
+    DEDUP_KEEP,
+    forget_idle_consumers,
+    prune_dedup_state,
+    trim_streams,
+)
 from boltlink.workers.sinks import AggregateSink, IngestSink
 
 pytestmark = pytest.mark.redis
@@ -506,3 +511,22 @@ async def test_group_behind_the_stream_cap_is_reported(
     await redis_client.xtrim(stream, maxlen=5, approximate=False)
     await trim_streams(redis_client, [stream])
     assert (overrun("aggregate"), overrun("ingest")) == (1, 1)
+
+
+async def test_idle_consumers_holding_nothing_are_forgotten(
+    redis_client: Any, settings: Any
+) -> None:
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    await create_groups(redis_client, [stream], ["aggregate"])
+    [entry_id] = await _add(redis_client, stream, [_entry(1)])
+    await redis_client.xreadgroup("aggregate", "holder", {stream: ">"}, count=1)
+    await redis_client.xgroup_createconsumer(stream, "aggregate", "idle")
+    await asyncio.sleep(0.05)
+
+    assert await forget_idle_consumers(redis_client, stream, idle_ms=10) == 1
+    names = {c["name"] for c in await redis_client.xinfo_consumers(stream, "aggregate")}
+    assert names == {b"holder"}
+    await redis_client.xack(stream, "aggregate", entry_id)
+    await asyncio.sleep(0.05)
+    assert await forget_idle_consumers(redis_client, stream, idle_ms=10) == 1
+    assert await forget_idle_consumers(redis_client, stream) == 0

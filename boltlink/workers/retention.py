@@ -41,8 +41,10 @@ from boltlink.workers.metrics import (
 )
 
 __all__ = [
+    "CONSUMER_FORGET_MS",
     "DEDUP_KEEP",
     "dedup_cutoff",
+    "forget_idle_consumers",
     "oldest_needed",
     "prune_dedup_state",
     "run_dedup_pruning",
@@ -57,6 +59,8 @@ DEDUP_KEEP = timedelta(days=7)
 # Slack for clocks: entry ids carry Redis's clock, applied_at the store's.
 _CLOCK_SLACK = timedelta(hours=1)
 _PRUNE_INTERVAL = 3600.0
+#: How long a consumer holding no entries may stay idle before it is forgotten.
+CONSUMER_FORGET_MS = 3_600_000
 
 #: Forget applied entries recorded before the given time; return how many.
 Prune = Callable[[datetime], Awaitable[int]]
@@ -139,8 +143,28 @@ async def trim_streams(redis: Any, streams: Sequence[str]) -> int:
         needed = await oldest_needed(redis, stream, partition)
         if needed is not None:
             total += await _trim_to(redis, stream, partition, needed)
+            await forget_idle_consumers(redis, stream)
         STREAM_LENGTH.labels(str(partition)).set(await redis.xlen(stream))
     return total
+
+
+async def forget_idle_consumers(
+    redis: Any, stream: str, idle_ms: int = CONSUMER_FORGET_MS
+) -> int:
+    """Delete the group members of ``stream`` idle that long and holding nothing.
+
+    Every process start adds consumer names (they carry the pid), and Redis
+    keeps them forever. One that holds no pending entry can go without loss;
+    if it was alive after all, its next read creates it again.
+    """
+    forgotten = 0
+    for group in await redis.xinfo_groups(stream):
+        name = _text(group["name"])
+        for consumer in await redis.xinfo_consumers(stream, name):
+            if int(consumer["pending"]) == 0 and int(consumer["idle"]) > idle_ms:
+                await redis.xgroup_delconsumer(stream, name, consumer["name"])
+                forgotten += 1
+    return forgotten
 
 
 async def run_retention(
