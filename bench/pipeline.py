@@ -17,6 +17,7 @@ the consumers would otherwise trim behind themselves.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import sys
 import time
@@ -138,6 +139,7 @@ async def _create_links(settings: Settings) -> list[tuple[int, str]]:
 def _fill(stream: str, links: list[tuple[int, str]], events: int) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     now = int(time.time() * 1000)
+    writer = secrets.token_hex(6)
     try:
         # The consumers trim the stream behind the slowest group; this one
         # never reads, so every run finds the whole stream still there.
@@ -148,7 +150,10 @@ def _fill(stream: str, links: list[tuple[int, str]], events: int) -> None:
                 _click(links[(entry * CLICKS_PER_ENTRY + n) % len(links)], now)
                 for n in range(CLICKS_PER_ENTRY)
             ]
-            pipe.xadd(stream, encode_clicks(clicks))  # type: ignore[arg-type]
+            # A write id per entry, as the recorder gives them: the sinks
+            # deduplicate on it.
+            fields = encode_clicks(clicks, write_id=f"{writer}-{entry}")
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
             if len(pipe) >= 1000:
                 pipe.execute()
         pipe.execute()
