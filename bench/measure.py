@@ -30,7 +30,7 @@ class Plan:
     cold_links: int = 24_000
     cold_seconds: float = 2.0
     #: Unknown codes per 404 flood run, each asked for many times.
-    flood_codes: int = 2_000
+    flood_codes: int = 500
     hot_links: int = 100
 
 
