@@ -168,14 +168,23 @@ def settings(
 
 @pytest.fixture
 async def app(settings: Any, redis_client: Any) -> AsyncIterator[Any]:
-    """Yield the running ASGI app (lifespan entered), store migrated."""
+    """Yield the running ASGI app (lifespan entered), store migrated.
+
+    The test process holds the chDB folder for the app's whole life, as the
+    ingest process would, so the stats API reads it in-process.
+    """
+    from boltlink import analytics
     from boltlink.asgi import create_app
     from boltlink.store import migrate
 
     migrate(settings.database_dsn, schema=settings.database_schema)
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        yield application
+    held = analytics.acquire(settings)
+    try:
+        application = create_app(settings)
+        async with application.router.lifespan_context(application):
+            yield application
+    finally:
+        analytics.release(held)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -15,18 +15,6 @@ from boltlink.errors import BackendUnavailable
 from boltlink.settings import Settings
 
 
-def _numbers(sql: str, params: dict[str, Any], fmt: str) -> Any:
-    def produce(client: Any) -> Iterator[bytes]:
-        stream = client.raw_stream(sql, parameters=params, fmt=fmt)
-        try:
-            while chunk := stream.read(1 << 16):
-                yield chunk
-        finally:
-            stream.close()
-
-    return produce
-
-
 @pytest.fixture
 async def relayed(tmp_path: Path) -> AsyncIterator[tuple[Any, RelayedStore]]:
     """Yield a chDB store and a relayed view of it through a live server."""
@@ -36,7 +24,7 @@ async def relayed(tmp_path: Path) -> AsyncIterator[tuple[Any, RelayedStore]]:
     )
     store = analytics.acquire(settings)
     address = relay_address(str(folder))
-    server = RelayServer(store, address, {"raw": _numbers})
+    server = RelayServer(store, address)
     await server.start()
     try:
         yield store, RelayedStore(address)
@@ -66,15 +54,19 @@ async def test_relay_query_returns_the_rows_and_types_of_the_store(
 async def test_relay_export_streams_the_same_bytes(
     relayed: tuple[Any, RelayedStore],
 ) -> None:
-    _, remote = relayed
-    stream = remote.export(
-        "raw", "SELECT number FROM numbers({n:UInt32})", {"n": 200_000}, "CSV"
-    )
+    store, remote = relayed
+    sql = "SELECT number AS n, toString(number) AS s FROM numbers({n:UInt32})"
+    params = {"n": 200_000}
 
-    await stream.start()
-    body = b"".join([chunk async for chunk in stream.chunks()])
+    bodies = []
+    for source in (store, remote):
+        stream = source.export("jsonl", sql, params)
+        await stream.start()
+        bodies.append(b"".join([chunk async for chunk in stream.chunks()]))
 
-    assert body == b"".join(f"{n}\n".encode() for n in range(200_000))
+    assert bodies[1] == bodies[0]
+    assert bodies[1].count(b"\n") == 200_000
+    assert bodies[1].startswith(b'{"n":0,"s":"0"}\n')
 
 
 async def test_relay_passes_query_errors_on(relayed: tuple[Any, RelayedStore]) -> None:

@@ -365,3 +365,75 @@ def test_link_changes_reach_another_serve_process_at_once(
 
         assert writer.delete(f"/api/v1/links/{code}").status_code == 204
         assert reader.get(f"/{code}").status_code == 410
+
+
+# -- analytics on chDB from every process -------------------------------------------
+
+
+def _stats_clicks(server: Server, key: str, code: str, expected: int) -> list[int]:
+    """Ask a link's stats 12 times (spread over the workers); return the totals."""
+    headers = {"Authorization": f"Bearer {key}"}
+    totals: list[int] = []
+    with httpx.Client(base_url=server.base_url, headers=headers) as api:
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            got = api.get(f"/api/v1/links/{code}/stats?bots=include")
+            if got.status_code == 200 and got.json()["totals"]["clicks"] == expected:
+                break
+            time.sleep(0.2)
+        for _ in range(12):
+            # A fresh connection each time, so granian spreads them out.
+            got = httpx.get(
+                f"{server.base_url}/api/v1/links/{code}/stats?bots=include",
+                headers=headers,
+            )
+            assert got.status_code == 200, (got.text, server.tail())
+            totals.append(got.json()["totals"]["clicks"])
+    return totals
+
+
+def _click_link(server: Server, key: str, times: int) -> str:
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=server.base_url, headers=headers) as api:
+        code = str(_create_link(api)["code"])
+        for _ in range(times):
+            assert httpx.get(f"{server.base_url}/{code}").status_code == 302
+        assert _wait_clicks(api, code, times, timeout=10.0) == times
+    return code
+
+
+def test_embedded_serve_with_two_workers_answers_stats_from_each(
+    tmp_path: Path, servers: _Servers
+) -> None:
+    settings = {"data_dir": str(tmp_path / "boltlink-data"), "workers": "2"}
+    server = servers.serve("serve", settings)
+    key = _boltlink(
+        tmp_path, settings, "keys", "create", "--name", "stats",
+        "--scope", "links:read", "--scope", "links:write", "--scope", "analytics:read",
+    ).splitlines()[-1]  # fmt: skip
+    code = _click_link(server, key, 7)
+
+    assert _stats_clicks(server, key, code, 7) == [7] * 12
+    assert _stop(server.process) == 0, server.tail()
+
+
+@pytest.mark.postgres
+def test_separate_ingest_on_chdb_answers_the_stats_of_serve(
+    tmp_path: Path, servers: _Servers, production: dict[str, str]
+) -> None:
+    settings = {**production, "inprocess_workers": "false", "workers": "2"}
+    server = servers.serve("serve", settings)
+    servers.start("aggregate", settings, "aggregate")
+    ingest = servers.start("ingest", settings, "ingest", "--consumers", "2")
+    key = _boltlink(
+        tmp_path, settings, "keys", "create", "--name", "stats",
+        "--scope", "links:read", "--scope", "links:write", "--scope", "analytics:read",
+    ).splitlines()[-1]  # fmt: skip
+    code = _click_link(server, key, 5)
+
+    assert _stats_clicks(server, key, code, 5) == [5] * 12
+    assert _stop(ingest.process) == 0, ingest.tail()
+    headers = {"Authorization": f"Bearer {key}"}
+    gone = httpx.get(f"{server.base_url}/api/v1/links/{code}/stats", headers=headers)
+    assert gone.status_code == 503
+    assert gone.json()["code"] == "backend_unavailable"

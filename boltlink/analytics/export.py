@@ -17,14 +17,21 @@ A ClickHouse server streams ``CSVWithNames``, ``JSONEachRow`` and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from boltlink.analytics.schema import RAW_COLUMNS
 from boltlink.analytics.scope import Scope
 
-__all__ = ["EXPORT_COLUMNS", "FORMATS", "ExportFormat", "export_sql", "parquet_chunks"]
+__all__ = [
+    "EXPORT_COLUMNS",
+    "FORMATS",
+    "ExportFormat",
+    "export_producer",
+    "export_sql",
+    "parquet_chunks",
+]
 
 #: The exported columns: every raw column, in table order.
 EXPORT_COLUMNS = [name for name, _ in RAW_COLUMNS]
@@ -61,6 +68,26 @@ def export_sql(scope: Scope) -> str:
         "AND ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')} "
         f"AND {scope.bot_condition()} ORDER BY link_id, ts, event_id"
     )
+
+
+def export_producer(
+    name: str, embedded: bool, sql: str, params: dict[str, Any]
+) -> Callable[[Any], Iterator[bytes]]:
+    """Return what, given a client, yields the bytes of export format ``name``."""
+    fmt = FORMATS[name]
+    if not embedded:
+        return lambda client: raw_chunks(client, sql, params, fmt.server)
+    if name == "parquet":
+        return lambda client: parquet_chunks(client, sql, params)
+    if name == "csv":
+        return lambda client: _with_header(raw_chunks(client, sql, params, "CSV"))
+    return lambda client: raw_chunks(client, sql, params, fmt.embedded)
+
+
+def _with_header(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    # chDB streams plain CSV only; the header line makes it CSVWithNames.
+    yield csv_header()
+    yield from chunks
 
 
 def csv_header() -> bytes:

@@ -29,7 +29,7 @@ from boltlink.analytics.queries import (
 )
 from boltlink.analytics.schema import DIMENSIONS
 from boltlink.analytics.scope import Scope
-from boltlink.analytics.store import AnalyticsStore
+from boltlink.analytics.store import AnalyticsReader
 
 __all__ = ["GROUP_KEYS", "GroupQuery", "grouped_counts"]
 
@@ -60,7 +60,7 @@ class _Plan:
     measures: str
 
 
-async def grouped_counts(store: AnalyticsStore, query: GroupQuery) -> dict[str, Any]:
+async def grouped_counts(store: AnalyticsReader, query: GroupQuery) -> dict[str, Any]:
     """Return one page of groups: key, clicks, human and bot clicks."""
     plan = _plan(query)
     params = {**query.scope.params(), **_filter_params(query)}

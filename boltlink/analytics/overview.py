@@ -14,7 +14,7 @@ from typing import Any
 
 from boltlink.analytics.queries import Source, measures_of, measures_sql, range_sql
 from boltlink.analytics.scope import Scope
-from boltlink.analytics.store import AnalyticsStore
+from boltlink.analytics.store import AnalyticsReader
 
 __all__ = ["overview"]
 
@@ -23,7 +23,7 @@ Cursor = tuple[int, int]
 
 
 async def overview(
-    store: AnalyticsStore, scope: Scope, *, limit: int, after: Cursor | None = None
+    store: AnalyticsReader, scope: Scope, *, limit: int, after: Cursor | None = None
 ) -> dict[str, Any]:
     """Return the scope's totals and one page of its links, busiest first."""
     source = scope.source(zoned=False)
@@ -60,7 +60,7 @@ async def overview(
 
 
 async def _visitors(
-    store: AnalyticsStore, source: Source, condition: str, params: dict[str, Any]
+    store: AnalyticsReader, source: Source, condition: str, params: dict[str, Any]
 ) -> dict[int, int]:
     if not params["page"]:
         return {}

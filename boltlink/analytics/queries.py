@@ -25,7 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from boltlink.analytics.schema import DIMENSIONS
-from boltlink.analytics.store import AnalyticsStore
+from boltlink.analytics.store import AnalyticsReader
 
 __all__ = [
     "BOT_CONDITION",
@@ -150,7 +150,7 @@ def _params(query: StatsQuery, link_id: int) -> dict[str, Any]:
 
 
 async def link_stats(
-    store: AnalyticsStore, link_id: int, query: StatsQuery
+    store: AnalyticsReader, link_id: int, query: StatsQuery
 ) -> dict[str, Any]:
     """Return totals, the gap-filled series and the top dimensions of a link."""
     source = source_for(query)
@@ -198,7 +198,7 @@ def measures_of(row: tuple[Any, ...]) -> dict[str, int]:
 
 
 async def _top(
-    store: AnalyticsStore,
+    store: AnalyticsReader,
     source: Source,
     condition: str,
     params: dict[str, Any],

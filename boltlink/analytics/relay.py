@@ -26,26 +26,50 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from datetime import date, datetime
 from typing import Any
 
 import orjson
 
 from boltlink.errors import BackendUnavailable
+from boltlink.settings import Settings
 
-__all__ = ["RelayServer", "RelayedStore", "relay_address"]
+__all__ = [
+    "RelayServer",
+    "RelayedStore",
+    "chdb_folder",
+    "reads_through_relay",
+    "relay_address",
+]
 
 logger = logging.getLogger("boltlink.analytics")
-
-#: Given a client, yield the bytes of an export (see ``RelayServer``).
-Producer = Callable[[Any], Iterator[bytes]]
 
 _HEADER = struct.Struct(">cI")
 _REQUEST, _ROWS, _CHUNK, _END, _ERROR = b"Q", b"R", b"D", b"Z", b"E"
 _MAX_REQUEST_BYTES = 1 << 20
 _CONNECT_TIMEOUT = 1.0
 _QUERY_TIMEOUT = 30.0
+
+
+def chdb_folder(settings: Settings) -> str:
+    """Return the chDB folder of ``settings`` (whose DSN must be chDB)."""
+    return settings.clickhouse_dsn.removeprefix("chdb://")
+
+
+def reads_through_relay(settings: Settings) -> bool:
+    """Tell whether this process must read analytics through the relay.
+
+    It must unless ClickHouse is a server, or this process opened the chDB
+    folder itself, or it is the single worker that runs the consumers (and
+    so will open it).
+    """
+    from boltlink.analytics.store import opened_here
+
+    dsn = settings.clickhouse_dsn
+    if not dsn.startswith("chdb:") or opened_here(dsn):
+        return False
+    return not (settings.inprocess_workers and settings.workers == 1)
 
 
 def relay_address(folder: str) -> str:
@@ -110,21 +134,11 @@ async def _read(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bytes]
 
 
 class RelayServer:
-    """Answer the analytics reads of other processes from ``store``.
+    """Answer the analytics reads of other processes from ``store``."""
 
-    ``producers`` maps an export kind to a function of
-    ``(sql, params, fmt)`` that returns the producer to stream.
-    """
-
-    def __init__(
-        self,
-        store: Any,
-        address: str,
-        producers: dict[str, Callable[[str, dict[str, Any], str], Producer]],
-    ) -> None:
+    def __init__(self, store: Any, address: str) -> None:
         self._store = store
         self._address = address
-        self._producers = producers
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -132,7 +146,15 @@ class RelayServer:
         if not self._address.startswith("\0"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._address)
-        self._server = await asyncio.start_unix_server(self._serve, self._address)
+        # The socket is made here, not by the loop: uvloop refuses an
+        # abstract address given as a path.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self._address)
+        except OSError:
+            sock.close()
+            raise
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
 
     async def close(self) -> None:
         """Stop listening and wait for the requests in progress."""
@@ -176,10 +198,7 @@ class RelayServer:
             raise ValueError(f"unknown relay operation {op!r}")
 
     async def _export(self, request: dict[str, Any], writer: Any) -> None:
-        make = self._producers[request["kind"]]
-        stream = self._store.stream(
-            make(request["sql"], request["params"], request["fmt"])
-        )
+        stream = self._store.export(request["name"], request["sql"], request["params"])
         await stream.start()
         try:
             async for chunk in stream.chunks():
@@ -211,11 +230,16 @@ class RelayedStore:
         self._address = address
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            return await asyncio.wait_for(
-                asyncio.open_unix_connection(self._address), _CONNECT_TIMEOUT
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(
+                loop.sock_connect(sock, self._address), _CONNECT_TIMEOUT
             )
+            return await asyncio.open_unix_connection(sock=sock)
         except (OSError, TimeoutError) as exc:
+            sock.close()
             raise BackendUnavailable(
                 "analytics on chDB are served by the process running ingest, "
                 f"and none answers: {exc}"
@@ -255,12 +279,10 @@ class RelayedStore:
         )
         return int(rows[0][0])
 
-    def export(
-        self, kind: str, sql: str, params: dict[str, Any], fmt: str
-    ) -> RelayStream:
+    def export(self, name: str, sql: str, params: dict[str, Any]) -> RelayStream:
         """Return a stream of an export run in the holder of chDB."""
-        request = {"op": "export", "kind": kind, "sql": sql, "params": params}
-        return RelayStream(self, {**request, "fmt": fmt})
+        request = {"op": "export", "name": name, "sql": sql, "params": params}
+        return RelayStream(self, request)
 
     def close(self) -> None:
         """Nothing to close: each call opens its own connection."""

@@ -19,15 +19,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from boltlink.analytics.schema import DIMS_BY_DAY, RAW_COLUMNS, Schema
 from boltlink.analytics.stream import ByteStream
 from boltlink.errors import BackendUnavailable
 from boltlink.settings import Settings
 
-__all__ = ["AnalyticsStore", "acquire", "dedup_token", "release"]
+__all__ = [
+    "AnalyticsReader",
+    "AnalyticsStore",
+    "ExportStream",
+    "acquire",
+    "dedup_token",
+    "opened_here",
+    "release",
+]
 
 COLUMN_NAMES = [name for name, _ in RAW_COLUMNS]
 
@@ -35,6 +43,41 @@ COLUMN_NAMES = [name for name, _ in RAW_COLUMNS]
 # cluster wait until every shard has the block so a retry sees the token.
 _INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
 _CLUSTER_INSERT_SETTINGS = {"distributed_foreground_insert": 1}
+
+
+class ExportStream(Protocol):
+    """The bytes of one export, started before the response begins."""
+
+    async def start(self) -> None:
+        """Begin; a failing query fails here."""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the bytes in order."""
+
+    async def aclose(self) -> None:
+        """Stop early and let go of what the export holds."""
+
+
+class AnalyticsReader(Protocol):
+    """What the analytics API reads through: a store, or the chDB relay."""
+
+    @property
+    def embedded(self) -> bool:
+        """Tell whether ClickHouse is chDB."""
+
+    async def query(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run a read query with bound parameters; return its rows."""
+
+    async def ping(self) -> None:
+        """Check that ClickHouse answers."""
+
+    async def count_clicks(self, link_id: int | None = None) -> int:
+        """Return the exact number of stored clicks, of one link or of all."""
+
+    def export(self, name: str, sql: str, params: dict[str, Any]) -> ExportStream:
+        """Return a stream of ``sql``'s rows in export format ``name``."""
 
 
 def dedup_token(stream: str, entry_ids: Sequence[str]) -> str:
@@ -142,6 +185,12 @@ class AnalyticsStore:
         """
         return ByteStream(lambda: produce(self._client), self._lock)
 
+    def export(self, name: str, sql: str, params: dict[str, Any]) -> ByteStream:
+        """Return a stream of ``sql``'s rows in export format ``name``."""
+        from boltlink.analytics.export import export_producer
+
+        return self.stream(export_producer(name, self.embedded, sql, params))
+
     @property
     def embedded(self) -> bool:
         """Tell whether the client is chDB, in this process."""
@@ -187,6 +236,12 @@ def acquire(settings: Settings) -> AnalyticsStore:
         store.migrate()
         _SHARED[dsn] = (store, 1)
         return store
+
+
+def opened_here(dsn: str) -> bool:
+    """Tell whether this process holds an open store for ``dsn``."""
+    with _SHARED_LOCK:
+        return dsn in _SHARED
 
 
 def release(store: AnalyticsStore) -> None:

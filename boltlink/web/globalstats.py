@@ -7,7 +7,6 @@ else the links it created), under scope ``analytics:read``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from starlette.requests import Request
@@ -16,10 +15,7 @@ from starlette.routing import Route
 
 from boltlink.analytics.export import (
     FORMATS,
-    csv_header,
     export_sql,
-    parquet_chunks,
-    raw_chunks,
 )
 from boltlink.analytics.grouped import GROUP_KEYS, GroupQuery, grouped_counts
 from boltlink.analytics.schema import DIMENSIONS
@@ -167,14 +163,7 @@ async def get_export(request: Request) -> Response:
     store = await analytics_store(request)
     fmt = FORMATS[name]
     sql, params = export_sql(scope), scope.params()
-    if not store.embedded:
-        stream = store.stream(lambda c: raw_chunks(c, sql, params, fmt.server))
-    elif name == "parquet":
-        stream = store.stream(lambda c: parquet_chunks(c, sql, params))
-    elif name == "csv":
-        stream = store.stream(lambda c: _with_header(raw_chunks(c, sql, params, "CSV")))
-    else:
-        stream = store.stream(lambda c: raw_chunks(c, sql, params, fmt.embedded))
+    stream = store.export(name, sql, params)
     await stream.start()
 
     filename = f"clicks-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.{fmt.suffix}"
@@ -183,12 +172,6 @@ async def get_export(request: Request) -> Response:
         media_type=fmt.media_type,
         headers={"content-disposition": f'attachment; filename="{filename}"'},
     )
-
-
-def _with_header(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    # chDB streams plain CSV only; the header line makes it CSVWithNames.
-    yield csv_header()
-    yield from chunks
 
 
 routes = [

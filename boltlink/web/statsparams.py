@@ -23,7 +23,14 @@ from starlette.responses import Response
 
 from boltlink import analytics
 from boltlink.analytics.queries import BOT_FILTERS
+from boltlink.analytics.relay import (
+    RelayedStore,
+    chdb_folder,
+    reads_through_relay,
+    relay_address,
+)
 from boltlink.analytics.scope import Scope
+from boltlink.analytics.store import AnalyticsReader
 from boltlink.errors import LinkNotFound, ValidationFailed
 from boltlink.models import ApiKey
 from boltlink.web.runtime import Runtime
@@ -50,7 +57,7 @@ _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
-async def analytics_store(request: Request) -> analytics.AnalyticsStore:
+async def analytics_store(request: Request) -> AnalyticsReader:
     """Return the app's analytics store, opening it on the first call."""
     app: Starlette = request.app
     # One lock per app, made without an await, so two first requests do
@@ -59,10 +66,13 @@ async def analytics_store(request: Request) -> analytics.AnalyticsStore:
     if lock is None:
         lock = app.state.analytics_lock = asyncio.Lock()
     async with lock:
-        store: analytics.AnalyticsStore | None = getattr(app.state, "analytics", None)
+        store: AnalyticsReader | None = getattr(app.state, "analytics", None)
         if store is None:
-            runtime: Runtime = app.state.runtime
-            store = await asyncio.to_thread(analytics.acquire, runtime.settings)
+            settings = request.app.state.runtime.settings
+            if reads_through_relay(settings):
+                store = RelayedStore(relay_address(chdb_folder(settings)))
+            else:
+                store = await asyncio.to_thread(analytics.acquire, settings)
             app.state.analytics = store
     return store
 
@@ -70,8 +80,8 @@ async def analytics_store(request: Request) -> analytics.AnalyticsStore:
 async def close_analytics(app: Starlette) -> None:
     """Give back the app's analytics store, if a request opened one."""
     store = getattr(app.state, "analytics", None)
-    if store is not None:
-        app.state.analytics = None
+    app.state.analytics = None
+    if isinstance(store, analytics.AnalyticsStore):
         await asyncio.to_thread(analytics.release, store)
 
 

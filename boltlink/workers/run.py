@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from boltlink.analytics import AnalyticsStore, acquire, release
+from boltlink.analytics.relay import RelayServer, chdb_folder, relay_address
 from boltlink.backends import connect_redis, open_store
 from boltlink.clicks import stream_names
 from boltlink.settings import Settings
@@ -47,12 +48,32 @@ async def _open_sink(
     # API shares it (chDB allows one client per data folder).
     analytics = await asyncio.to_thread(acquire, settings)
     sink = IngestSink.for_settings(analytics, settings, redis)
+    relay = await _serve_relay(analytics, settings)
 
     async def close() -> None:
+        if relay is not None:
+            await relay.close()
         sink.close()
         await asyncio.to_thread(release, analytics)
 
     return sink, analytics.ping, close, await _clickhouse_version(analytics)
+
+
+async def _serve_relay(analytics: Any, settings: Settings) -> RelayServer | None:
+    # The holder of a chDB folder answers the analytics reads of every other
+    # process (the other serve workers), which cannot open it themselves.
+    if not analytics.embedded:
+        return None
+    relay = RelayServer(analytics, relay_address(chdb_folder(settings)))
+    try:
+        await relay.start()
+    except OSError as exc:
+        logging.getLogger("boltlink.ingest").warning(
+            "analytics relay not started, other processes cannot read stats: %s",
+            exc,
+        )
+        return None
+    return relay
 
 
 async def _store_version(settings: Settings) -> str:
