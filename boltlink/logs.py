@@ -98,6 +98,21 @@ def _access_fields(atoms: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Control characters in a logged value (a request path, a header) would let
+# a client forge or break lines of a text log; they are written escaped.
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+class TextFormatter(logging.Formatter):
+    """Render one record as one terminal line, control characters escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """Return the line of ``record``'s message (a traceback follows apart)."""
+        record.message = record.message.translate(_CONTROLS)
+        return super().formatMessage(record)
+
+
 class ProbeFilter(logging.Filter):
     """Drop access lines of the ``/health`` and ``/ready`` probes."""
 
@@ -112,7 +127,10 @@ def logging_config(level: str, fmt: str, *, log_probes: bool = False) -> dict[st
     formatter = (
         {"()": "boltlink.logs.JsonFormatter"}
         if fmt == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+        else {
+            "()": "boltlink.logs.TextFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        }
     )
     access: dict[str, Any] = {"level": "INFO"}
     if not log_probes:

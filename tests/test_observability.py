@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from boltlink import metrics, tracing
 from boltlink.analytics import AnalyticsStore
 from boltlink.backends import connect_clickhouse
 from boltlink.clicks import stream_names
-from boltlink.logs import JsonFormatter, ProbeFilter, bind_request
+from boltlink.logs import JsonFormatter, ProbeFilter, TextFormatter, bind_request
 from boltlink.models import NewLink
 from boltlink.settings import Settings
 from boltlink.workers.consumer import StreamConsumer
@@ -215,6 +216,39 @@ def test_probe_filter_drops_probe_access_lines(path: str, kept: bool) -> None:
     )
 
     assert ProbeFilter().filter(record) is kept
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/foo\r\nFAKE-LOG-LINE", "/foo\\r\\nFAKE-LOG-LINE"),
+        ("/a\x00b", "/a\\x00b"),
+        ("/tab\there", "/tab\\there"),
+        ("/caf\u00e9", "/caf\u00e9"),
+    ],
+)
+def test_text_log_line_escapes_control_characters(path: str, logged: str) -> None:
+    record = logging.LogRecord(
+        "granian.access", logging.INFO, __file__, 1, "GET %s 404", (path,), None
+    )
+    formatter = TextFormatter("%(name)s: %(message)s")
+
+    assert formatter.format(record) == f"granian.access: GET {logged} 404"
+
+
+def test_text_log_keeps_the_lines_of_a_traceback() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "boltlink.api", logging.ERROR, __file__, 1, "bad %r", ("x",), sys.exc_info()
+        )
+
+    lines = TextFormatter("%(message)s").format(record).splitlines()
+
+    assert lines[0] == "bad 'x'"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: boom"
 
 
 def test_text_logs_without_tracing_have_no_ids() -> None:
