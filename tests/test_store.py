@@ -71,6 +71,14 @@ async def test_ping_open_store_succeeds(store: Store) -> None:
     assert await store.ping() is None
 
 
+async def test_closed_store_fails_at_once_instead_of_waiting(store: Store) -> None:
+    await store.close()
+
+    for call in (store.ping(), store.get_link("abc"), store.list_keys()):
+        with pytest.raises(BackendUnavailable):
+            await asyncio.wait_for(call, 2.0)
+
+
 async def test_open_unreachable_postgres_raises_backend_unavailable() -> None:
     dsn = "postgresql://boltlink:hunter2@127.0.0.1:1/links"
     store = PostgresStore(dsn, timeout=0.5)

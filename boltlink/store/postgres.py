@@ -372,7 +372,7 @@ class PostgresStore:
     async def _connection(self) -> AsyncIterator[_Connection]:
         """Lend a pooled connection; turn connection failures into ours."""
         if self._pool is None:
-            raise RuntimeError("postgres store is not open")
+            raise BackendUnavailable(f"postgres store {self._where} is closed")
         try:
             async with self._pool.connection() as conn:
                 yield conn

@@ -52,6 +52,7 @@ class SqliteStore:
         self._writer: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._open = False
 
     async def open(self) -> None:
         """Open the writer connection and the reader connections."""
@@ -60,12 +61,14 @@ class SqliteStore:
             for _ in range(self._reader_count):
                 reader = await self._connect(query_only=True)
                 self._readers.put_nowait(reader)
+        self._open = True
         logger.info(
             "sqlite store open path=%s readers=%d", self._path, self._reader_count
         )
 
     async def close(self) -> None:
         """Close every connection."""
+        self._open = False
         connections, self._connections = self._connections, []
         for conn in connections:
             await conn.close()
@@ -280,18 +283,22 @@ class SqliteStore:
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
         """Lend a reader connection; each statement reads one snapshot."""
-        conn = await self._readers.get()
+        # A closed store has no readers to wait for: fail at once instead.
+        if not self._open:
+            raise BackendUnavailable(f"sqlite store {self._path!r} is closed")
+        readers = self._readers
+        conn = await readers.get()
         try:
             with _mapped_errors(self._path):
                 yield conn
         finally:
-            self._readers.put_nowait(conn)
+            readers.put_nowait(conn)
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """Lend the writer inside ``BEGIN IMMEDIATE``, committed on exit."""
         if self._writer is None:
-            raise RuntimeError("sqlite store is not open")
+            raise BackendUnavailable(f"sqlite store {self._path!r} is closed")
         conn = self._writer
         async with self._write_lock:
             with _mapped_errors(self._path):
