@@ -18,6 +18,7 @@ from boltlink.clicks import stream_names
 from boltlink.recorder import ClickRecorder
 from boltlink.settings import Settings
 from boltlink.web import api, stats
+from boltlink.web.fastpath import RedirectApp
 from boltlink.web.instrument import ApiInstrumentation
 from boltlink.web.probes import Readiness, health, metrics_view, ready
 from boltlink.web.problems import EXCEPTION_HANDLERS
@@ -103,7 +104,9 @@ def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlet
         Mount("/api/v1", app=ApiInstrumentation(api_router, "/api/v1")),
         Route("/{code}", redirect, methods=["GET", "HEAD"]),
     ]
-    return Starlette(
+    # Cached redirects skip Starlette's middleware and routing: see
+    # boltlink.web.fastpath, which answers them exactly as the view does.
+    return RedirectApp(
         routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan
     )
 

@@ -135,6 +135,14 @@ class LinkResolver:
             self._remember(code, target)
         return target
 
+    def cached(self, code: str) -> tuple[float, Target | None] | None:
+        """Return this worker's live copy of ``code``, without any I/O.
+
+        The copy is ``(expiry, target)``, the target None for a code known
+        to have no link; None means the local cache holds no live copy.
+        """
+        return self._from_local_cache(code)
+
     def _from_local_cache(self, code: str) -> tuple[float, Target | None] | None:
         entry = self._local.get(code)
         if entry is None or entry[0] < time.monotonic():
