@@ -274,6 +274,7 @@ def dead_letters_list(ctx: click.Context, count: int) -> None:
 @_fail_cleanly
 def dead_letters_show(ctx: click.Context, dead_id: str) -> None:
     """Show the dead letter DEAD_ID with its payload."""
+    _check_ids([dead_id])
     settings = _settings(ctx, quiet=True)
     from boltlink.deadletters import run_with_redis, show_dead_letter
 
@@ -290,9 +291,20 @@ def dead_letters_show(ctx: click.Context, dead_id: str) -> None:
         click.echo(f"payload.{key}: {value}")
 
 
+def _check_ids(dead_ids: list[str]) -> None:
+    from boltlink.deadletters import check_dead_ids
+
+    # A malformed id is refused before Redis is asked, in one line.
+    try:
+        check_dead_ids(dead_ids)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _chosen(dead_ids: tuple[str, ...], every: bool) -> list[str] | None:
     if bool(dead_ids) == every:
         raise click.UsageError("give dead letter ids or --all, not both or neither")
+    _check_ids(list(dead_ids))
     return None if every else list(dead_ids)
 
 

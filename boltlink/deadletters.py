@@ -27,6 +27,7 @@ dead-lettered, still counts once).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ __all__ = [
     "ONLY_FIELD",
     "ORIGIN_FIELD",
     "DeadLetter",
+    "check_dead_ids",
     "dead_letter_stream",
     "dedup_key",
     "list_dead_letters",
@@ -61,6 +63,9 @@ ORIGIN_FIELD = b"origin"
 
 _REPLAY_FIELDS = {ONLY_FIELD, ORIGIN_FIELD}
 
+_U64_MAX = 2**64 - 1
+_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
+
 
 def dedup_key(entry_id: str, fields: Mapping[bytes, bytes]) -> str:
     """Return the key sinks deduplicate an entry on.
@@ -70,6 +75,22 @@ def dedup_key(entry_id: str, fields: Mapping[bytes, bytes]) -> str:
     """
     key = fields.get(ORIGIN_FIELD) or fields.get(WRITE_FIELD)
     return _text(key) if key else entry_id
+
+
+def check_dead_ids(dead_ids: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless every id is a full stream entry id.
+
+    Redis stream ids are ``<ms>-<seq>``, both unsigned 64-bit integers
+    (https://redis.io/docs/latest/develop/data-types/streams/); asking
+    Redis about anything else only earns a protocol error.
+    """
+    for dead_id in dead_ids:
+        match = _ENTRY_ID.fullmatch(dead_id)
+        if match is None or max(int(part) for part in match.groups()) > _U64_MAX:
+            raise ValueError(
+                f"dead letter id {dead_id!r} is not <ms>-<seq> of two "
+                "unsigned 64-bit integers"
+            )
 
 
 def dead_letter_stream(prefix: str) -> str:
@@ -145,6 +166,7 @@ async def list_dead_letters(
 
 async def show_dead_letter(redis: Any, prefix: str, dead_id: str) -> DeadLetter | None:
     """Return the dead letter with this id, or ``None``."""
+    check_dead_ids([dead_id])
     entries = await redis.xrange(dead_letter_stream(prefix), dead_id, dead_id)
     if not entries:
         return None
@@ -180,6 +202,7 @@ async def purge_dead_letters(
 ) -> int:
     """Delete dead letters (``None``: all of them); return how many."""
     stream = dead_letter_stream(prefix)
+    check_dead_ids(dead_ids or [])
     if dead_ids is None:
         count = int(await redis.xlen(stream))
         await redis.delete(stream)
@@ -195,6 +218,7 @@ async def _select(
     if dead_ids is None:
         entries = await redis.xrange(dead_letter_stream(prefix))
         return [DeadLetter.from_stream(i, f) for i, f in entries]
+    check_dead_ids(dead_ids)
     letters = []
     for dead_id in dead_ids:
         letter = await show_dead_letter(redis, prefix, dead_id)

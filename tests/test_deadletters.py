@@ -113,6 +113,37 @@ async def test_show_unknown_id_fails_in_one_line(
     assert result.stderr == "Error: no dead letter with id '9-9'\n"
 
 
+@pytest.mark.parametrize(
+    "bad_id", ["junk", "", "99999999999999999999-0", "1-99999999999999999999", "1-"]
+)
+@pytest.mark.parametrize("command", ["show", "replay", "purge"])
+async def test_malformed_id_fails_in_one_line_before_redis(
+    redis_client: Any, redis_prefix: str, run: Any, command: str, bad_id: str
+) -> None:
+    await _seed(redis_client, redis_prefix)
+
+    result = run("dead-letters", command, bad_id)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"Error: dead letter id {bad_id!r} is not <ms>-<seq> of two "
+        "unsigned 64-bit integers\n"
+    )
+    assert await redis_client.xlen(dead_letter_stream(redis_prefix)) == 2
+
+
+async def test_largest_valid_id_is_asked_of_redis(
+    redis_client: Any, redis_prefix: str, run: Any
+) -> None:
+    top = f"{2**64 - 1}-{2**64 - 1}"
+
+    result = run("dead-letters", "show", top)
+
+    assert result.returncode == 1
+    assert result.stderr == f"Error: no dead letter with id {top!r}\n"
+
+
 async def test_replay_adds_the_entry_back_for_its_group_only(
     redis_client: Any, redis_prefix: str, run: Any
 ) -> None:
