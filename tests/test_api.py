@@ -108,6 +108,11 @@ async def test_create_link_stores_idn_host_as_punycode(client: Any, auth: Any) -
         ({"url": "https://example.com", "expires_at": "2020-01-01T00:00:00Z"}, 422, "validation_error"),
         ({"url": "https://example.com", "expires_at": "2999-01-01T00:00:00"}, 422, "validation_error"),
         ({"url": "https://example.com", "expires_at": "soon"}, 422, "validation_error"),
+        ({"url": "https://example.com", "expires_at": "9999-12-31T23:59:59-23:59"}, 422, "validation_error"),
+        ({"url": "https://example.com", "expires_at": "20990101T000000Z"}, 422, "validation_error"),
+        ({"url": "https://example.com", "expires_at": "2099-W01-1T00:00Z"}, 422, "validation_error"),
+        ({"url": "https://example.com", "expires_at": "2099-01-01T00:00:00Z\u0000"}, 422, "validation_error"),
+        ({"url": "https://example.com", "title": "a\u0085b"}, 422, "validation_error"),
         ({"url": "https://example.com", "expire_at": None}, 422, "validation_error"),
     ],
 )  # fmt: skip

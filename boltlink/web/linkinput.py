@@ -14,7 +14,8 @@ from typing import Any
 from boltlink.codes import validate_custom_code
 from boltlink.destinations import validate_destination
 from boltlink.errors import ValidationFailed
-from boltlink.web.params import check_tag
+from boltlink.timestamps import parse_rfc3339
+from boltlink.web.params import check_tag, is_plain_text
 
 __all__ = [
     "REDIRECT_STATUSES",
@@ -39,7 +40,7 @@ def _title(value: Any) -> str | None:
             f"title is {len(value)} characters, limit {MAX_TITLE_LENGTH}",
             field="title",
         )
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if not is_plain_text(value):
         raise ValidationFailed(
             "title must not contain control characters", field="title"
         )
@@ -66,17 +67,20 @@ def _expires_at(value: Any) -> datetime | None:
         raise ValidationFailed(
             "expires_at must be an RFC 3339 timestamp or null", field="expires_at"
         )
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+    moment = parse_rfc3339(value)
+    if moment is None:
         raise ValidationFailed(
-            f"expires_at {value!r} is not an RFC 3339 timestamp", field="expires_at"
-        ) from None
-    if moment.tzinfo is None:
-        raise ValidationFailed(
-            f"expires_at {value!r} lacks a time zone offset", field="expires_at"
+            f"expires_at {value[:80]!r} is not an RFC 3339 timestamp "
+            "(2030-01-31T12:00:00Z, with an offset)",
+            field="expires_at",
         )
-    moment = moment.astimezone(UTC)
+    # Stored in UTC: a moment whose UTC form leaves year 1-9999 cannot be.
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValidationFailed(
+            f"expires_at {value!r} is out of range", field="expires_at"
+        ) from None
     if moment <= datetime.now(UTC):
         raise ValidationFailed(
             f"expires_at {value!r} is not in the future", field="expires_at"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ __all__ = [
     "code_param",
     "decode_cursor",
     "encode_cursor",
+    "is_plain_text",
     "read_json",
     "tag_param",
 ]
@@ -70,12 +72,19 @@ def check_tag(tag: object, field: str) -> str:
             f"got {tag!r:.80}",
             field=field,
         )
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in tag):
-        raise ValidationFailed(f"tag {tag!r} contains control characters", field=field)
-    # A lone surrogate cannot be encoded as UTF-8, so no store could keep it.
-    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in tag):
-        raise ValidationFailed(f"tag {tag!r} is not valid text", field=field)
+    if not is_plain_text(tag):
+        raise ValidationFailed(
+            f"tag {tag!r} contains control characters or is not text", field=field
+        )
     return tag
+
+
+def is_plain_text(text: str) -> bool:
+    """Tell whether ``text`` holds no control character (C0, DEL, C1) or surrogate.
+
+    A lone surrogate cannot be encoded as UTF-8, so no store could keep it.
+    """
+    return not any(unicodedata.category(ch) in {"Cc", "Cs"} for ch in text)
 
 
 def tag_param(request: Request) -> str | None:

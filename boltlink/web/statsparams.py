@@ -33,6 +33,7 @@ from boltlink.analytics.scope import Scope
 from boltlink.analytics.store import AnalyticsReader
 from boltlink.errors import LinkNotFound, ValidationFailed
 from boltlink.models import ApiKey
+from boltlink.timestamps import parse_date_or_time
 from boltlink.web.runtime import Runtime
 
 __all__ = [
@@ -126,15 +127,14 @@ def _moment(request: Request, name: str, zone: ZoneInfo) -> datetime | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{name} must be an ISO 8601 date or date-time, got {raw!r}", field=name
-        ) from None
     # A date, or a date-time without offset, is read in the requested zone.
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zone)
+    moment = parse_date_or_time(raw, zone)
+    if moment is None:
+        raise ValidationFailed(
+            f"{name} must be a date (2026-03-09) or an RFC 3339 date-time, "
+            f"got {raw[:80]!r}",
+            field=name,
+        )
     # ClickHouse's DateTime64 reads years 1900 to 2299; clicks are newer.
     out_of_range = ValidationFailed(
         f"{name} must lie between 1970 and 2199, got {raw!r}", field=name
