@@ -23,8 +23,13 @@ from typing import Any
 
 import orjson
 
+from boltlink.codes import MAX_CUSTOM_CODE_LENGTH
+
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_TS_MS",
+    "MIN_TS_MS",
+    "ORIGIN_FIELD",
     "WRITE_FIELD",
     "Click",
     "MalformedEntry",
@@ -38,6 +43,28 @@ __all__ = [
 FORMAT_VERSION = b"1"
 #: Field holding the entry's write id, which the sinks deduplicate on.
 WRITE_FIELD = b"w"
+#: Field of a replayed entry holding the original key sinks deduplicate on.
+ORIGIN_FIELD = b"origin"
+
+#: Timestamps a click may carry, in ms: 2000-01-01 (inclusive) to
+#: 2200-01-01 (exclusive) UTC. Both sinks take every instant between (the
+#: ``DateTime64`` of ClickHouse ends in 2299, Python's datetime in 9999).
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 7_258_118_400_000
+_MAX_LINK_ID = 2**63 - 1  # a Postgres bigint; ClickHouse stores UInt64
+
+#: Wire field, longest text accepted: the redirect side cuts headers to
+#: these lengths already (boltlink.web.redirect), so only a forged or
+#: corrupted entry is longer.
+_TEXT_FIELDS = {
+    "ip": 64,
+    "ua": 1024,
+    "r": 2048,
+    "al": 256,
+    "cc": 2,
+    "tp": 256,
+}
+_MAX_KEY_LENGTH = 128
 
 
 class MalformedEntry(ValueError):
@@ -75,20 +102,25 @@ class Click:
 
     @classmethod
     def from_wire(cls, wire: Any) -> Click:
-        """Build a click from its stream mapping; raise MalformedEntry if bad."""
+        """Build a click from its stream mapping; raise MalformedEntry if bad.
+
+        Every sink decodes through here, so an entry one sink would refuse
+        (a timestamp past year 9999, a link id beyond bigint) is refused
+        for all of them alike, and dead-lettered by each group.
+        """
         if not isinstance(wire, dict):
             raise MalformedEntry(f"click must be an object, got {type(wire).__name__}")
         try:
             link_id, code, ts_ms = wire["l"], wire["k"], wire["t"]
         except KeyError as exc:
             raise MalformedEntry(f"click lacks field {exc.args[0]!r}") from None
-        if not (isinstance(link_id, int) and isinstance(ts_ms, int)):
-            raise MalformedEntry("click link id and timestamp must be integers")
-        if not isinstance(code, str):
-            raise MalformedEntry("click code must be a string")
-        extras = {k: wire.get(k, "") for k in ("ip", "ua", "r", "al", "cc", "tp")}
-        if not all(isinstance(v, str) for v in extras.values()):
-            raise MalformedEntry("click text fields must be strings")
+        _check_int("link id", link_id, 1, _MAX_LINK_ID)
+        _check_int("timestamp", ts_ms, MIN_TS_MS, MAX_TS_MS - 1)
+        _check_text("code", code, MAX_CUSTOM_CODE_LENGTH)
+
+        extras = {k: wire.get(k, "") for k in _TEXT_FIELDS}
+        for key, limit in _TEXT_FIELDS.items():
+            _check_text(f"field {key!r}", extras[key], limit)
         return cls(
             link_id=link_id,
             code=code,
@@ -99,6 +131,39 @@ class Click:
             accept_language=extras["al"],
             country=extras["cc"],
             trace=extras["tp"],
+        )
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    # JSON true decodes to a bool, which Python counts as an int.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MalformedEntry(f"click {name} must be an integer, got {value!r:.80}")
+    if not low <= value <= high:
+        raise MalformedEntry(f"click {name} {value} is outside {low}..{high}")
+
+
+def _check_text(name: str, value: Any, limit: int) -> None:
+    if not isinstance(value, str):
+        raise MalformedEntry(f"click {name} must be a string")
+    if len(value) > limit:
+        raise MalformedEntry(
+            f"click {name} is {len(value)} characters long, the limit is {limit}"
+        )
+
+
+def _check_key(name: bytes, value: bytes | None) -> None:
+    # The aggregate sink stores the key as text: Postgres refuses a NUL in
+    # one, so only printable ASCII is taken, as the recorder writes it.
+    if value is None:
+        return
+    if not (
+        0 < len(value) <= _MAX_KEY_LENGTH
+        and value.isascii()
+        and all(0x21 <= byte <= 0x7E for byte in value)
+    ):
+        raise MalformedEntry(
+            f"click entry field {name.decode()!r} {value[:80]!r} is not a key of "
+            f"1 to {_MAX_KEY_LENGTH} printable ascii characters"
         )
 
 
@@ -139,6 +204,8 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> list[Click]:
     version = fields.get(b"v")
     if version != FORMAT_VERSION:
         raise MalformedEntry(f"unknown click entry version {version!r}")
+    for name in (WRITE_FIELD, ORIGIN_FIELD):
+        _check_key(name, fields.get(name))
     try:
         wires = orjson.loads(fields[b"c"])
     except (KeyError, orjson.JSONDecodeError) as exc:

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import orjson
 from redis import exceptions as redis_errors
 
-from boltlink.clicks import WRITE_FIELD
+from boltlink.clicks import ORIGIN_FIELD, WRITE_FIELD
 from boltlink.errors import BackendUnavailable, ConfigError
 from boltlink.settings import Settings
 
@@ -58,8 +58,6 @@ T = TypeVar("T")
 
 #: Field of a replayed entry naming the only group that may apply it.
 ONLY_FIELD = b"only"
-#: Field of a replayed entry holding the original id sinks deduplicate on.
-ORIGIN_FIELD = b"origin"
 
 _REPLAY_FIELDS = {ONLY_FIELD, ORIGIN_FIELD}
 

@@ -6,11 +6,12 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 import pytest
 
 from boltlink.analytics import AnalyticsStore
 from boltlink.backends import connect_clickhouse
-from boltlink.clicks import Click, encode_clicks, stream_names
+from boltlink.clicks import MAX_TS_MS, MIN_TS_MS, Click, encode_clicks, stream_names
 from boltlink.workers.consumer import StreamConsumer, dead_letter_stream
 from boltlink.workers.run import run_role
 from boltlink.workers.sinks import AggregateSink, IngestSink
@@ -162,6 +163,61 @@ async def test_consumer_dead_letters_undecodable_entry(
     assert fields[b"id"] == bad_id
     assert fields[b"group"] == b"aggregate"
     assert b"unreadable" in fields[b"error"]
+
+
+def _forged_entries(link_id: int) -> list[dict[str, Any]]:
+    """Return entries one sink or the other used to refuse, each decodable JSON."""
+    good = {"l": link_id, "k": "c", "t": 1_700_000_000_000}
+    wires: list[dict[str, Any]] = [
+        {**good, "t": 253_402_300_800_000},  # year 10000
+        {**good, "t": MAX_TS_MS},  # 2200-01-01, just past the range
+        {**good, "t": MIN_TS_MS - 1},  # 1999
+        {**good, "t": True},
+        {**good, "l": 0},
+        {**good, "l": -1},
+        {**good, "l": 2**63},  # beyond a Postgres bigint
+        {**good, "l": True},
+        {**good, "k": "x" * 65},
+        {**good, "ua": "u" * 1025},
+        {**good, "cc": 7},
+    ]
+    entries = [{"v": "1", "c": orjson.dumps([good, wire])} for wire in wires]
+    # A NUL in the key the aggregate sink stores as text (Postgres refuses it).
+    entries.append({**encode_clicks(_clicks(link_id, 1)), b"w": b"w\x00-1"})
+    return entries
+
+
+async def test_forged_entries_dead_lettered_by_both_sinks(
+    app: Any, redis_client: Any, settings: Any, client: Any, auth: Any
+) -> None:
+    link = (
+        await client.post("/api/v1/links", json={"url": "https://e.com"}, headers=auth)
+    ).json()
+    store = app.state.runtime.store
+    link_id = (await store.get_link(link["code"])).id
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    await redis_client.xadd(stream, encode_clicks(_clicks(link_id, 1)))
+    forged = [await redis_client.xadd(stream, f) for f in _forged_entries(link_id)]
+    await redis_client.xadd(stream, encode_clicks(_clicks(link_id, 2)))
+    analytics = AnalyticsStore(connect_clickhouse(settings))
+    analytics.migrate()
+
+    try:
+        for sink in (AggregateSink(store), IngestSink(analytics)):
+            consumer = await _consumer(redis_client, settings, sink)
+            consumer._backlog = False
+            assert await consumer.step() == len(forged) + 2
+
+        assert (await store.get_link(link["code"])).clicks == 3
+        assert await analytics.count_clicks(link_id) == 3
+    finally:
+        analytics.close()
+    dead = await redis_client.xrange(dead_letter_stream(settings.redis_prefix))
+    by_group = sorted((f[b"group"], f[b"entry"]) for _, f in dead)
+    assert by_group == sorted(
+        (group, entry_id) for group in (b"aggregate", b"ingest") for entry_id in forged
+    )
+    assert all(f[b"deliveries"] == b"1" for _, f in dead)
 
 
 async def test_ingest_same_entry_id_in_two_partitions_stores_both(

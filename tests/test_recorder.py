@@ -28,6 +28,9 @@ from boltlink.workers.run import ROLES, run_role
 
 pytestmark = pytest.mark.redis
 
+#: A click timestamp in the range the sinks accept (2023-11-14 UTC).
+_T0 = 1_700_000_000_000
+
 
 async def _stream_clicks(client: Any, stream: str) -> list[Click]:
     clicks: list[Click] = []
@@ -43,7 +46,7 @@ async def test_recorder_packs_concurrent_clicks_into_one_entry(
     recorder = ClickRecorder(redis_client, [stream], maxlen=10_000, buffer_size=10)
     await recorder.start()
     try:
-        clicks = [Click(link_id=1, code="a", ts_ms=n) for n in range(50)]
+        clicks = [Click(link_id=1, code="a", ts_ms=_T0 + n) for n in range(50)]
         await asyncio.gather(*(recorder.record(c) for c in clicks))
     finally:
         await recorder.stop()
@@ -51,7 +54,7 @@ async def test_recorder_packs_concurrent_clicks_into_one_entry(
     entries = await redis_client.xrange(stream)
     assert 1 <= len(entries) < 50
     stored = [c.ts_ms for _, f in entries for c in decode_entry(f)]
-    assert sorted(stored) == list(range(50))
+    assert sorted(stored) == [_T0 + n for n in range(50)]
 
 
 async def test_recorder_spreads_clicks_over_partitions(
@@ -61,14 +64,14 @@ async def test_recorder_spreads_clicks_over_partitions(
     recorder = ClickRecorder(redis_client, streams, maxlen=10_000, buffer_size=10)
     await recorder.start()
     try:
-        for link_id in range(6):
-            await recorder.record(Click(link_id=link_id, code="x", ts_ms=0))
+        for link_id in range(3, 9):
+            await recorder.record(Click(link_id=link_id, code="x", ts_ms=_T0))
     finally:
         await recorder.stop()
 
     for index, stream in enumerate(streams):
         ids = [c.link_id for c in await _stream_clicks(redis_client, stream)]
-        assert ids == [index, index + 3]
+        assert ids == [index + 3, index + 6]
 
 
 @pytest.fixture
@@ -308,7 +311,7 @@ async def test_recorder_write_whose_reply_is_lost_counts_once(
         # One reply lost: redis-py sends the XADD again. Three: the
         # recorder keeps the entry and sends it again later.
         proxy.cut = cut
-        clicks = [Click(link_id=link.id, code="lost", ts_ms=n) for n in range(5)]
+        clicks = [Click(link_id=link.id, code="lost", ts_ms=_T0 + n) for n in range(5)]
         await asyncio.gather(*(recorder.record(c) for c in clicks))
         await _until_empty(recorder)
     finally:
