@@ -227,9 +227,13 @@ def _is_loopback(key: str) -> bool:
     if key == "localhost" or key.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(key).is_loopback
+        address = ipaddress.ip_address(key)
     except ValueError:
         return False
+    # ::ffff:127.0.0.1 is IPv4 loopback; 0.0.0.0 and :: reach the local host.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
 
 
 def _host_key(host: str) -> str:

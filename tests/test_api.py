@@ -192,11 +192,48 @@ async def test_auth_unknown_key_is_unauthorized(client: Any) -> None:
     assert response.status_code == 401
 
 
-async def test_auth_key_in_query_string_is_refused(client: Any, api_key: str) -> None:
-    response = await client.get(f"/api/v1/links?api_key={api_key}")
+@pytest.mark.parametrize("name", ["api_key", "TOKEN", "Api_Key", "access_token"])
+async def test_auth_key_in_query_string_is_refused(
+    client: Any, api_key: str, name: str
+) -> None:
+    response = await client.get(f"/api/v1/links?{name}={api_key}")
 
     assert response.status_code == 401
-    assert "header" in response.json()["detail"]
+    assert response.json()["detail"] == (
+        "api keys are accepted only in the Authorization or X-Api-Key header"
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("authorization", "Bearer wrong"), ("authorization", "Bearer {key}")],
+        [("authorization", "Bearer {key}"), ("x-api-key", "{key}")],
+    ],
+)
+async def test_auth_two_credentials_are_refused(
+    client: Any, api_key: str, headers: list[tuple[str, str]]
+) -> None:
+    sent = [(name, value.format(key=api_key)) for name, value in headers]
+
+    response = await client.get("/api/v1/links", headers=sent)
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("path", ["/abc/", "/api/v1/links/", "/api/v1/links/abc/"])
+async def test_trailing_slash_is_not_found_never_redirected(
+    client: Any, auth: Any, path: str
+) -> None:
+    await client.post(
+        "/api/v1/links", json={"url": "https://e.com/", "code": "abc"}, headers=auth
+    )
+
+    response = await client.get(path, headers={**auth, "host": "evil.example"})
+
+    assert response.status_code == 404
+    assert "location" not in response.headers
 
 
 async def test_auth_x_api_key_header_is_accepted(client: Any, api_key: str) -> None:

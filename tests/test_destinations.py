@@ -366,6 +366,9 @@ def test_validate_destination_refuses_ambiguous_numeric_host(host: str) -> None:
         ("https://sub.localhost/", "localhost"),
         ("http://[::1]:8000/", "127.0.0.1"),
         ("http://127.0.0.1/", "app.localhost"),
+        ("http://[::ffff:127.0.0.1]/x", "127.0.0.1"),
+        ("http://0.0.0.0/x", "127.0.0.1"),
+        ("http://[::]/x", "localhost"),
     ],
 )
 def test_validate_destination_refuses_public_host(raw: str, public_host: str) -> None:

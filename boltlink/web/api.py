@@ -48,10 +48,15 @@ def _runtime(request: Request) -> Runtime:
 
 async def authorize(request: Request, scope: str) -> ApiKey:
     """Return the request's API key if it holds ``scope``, else raise."""
-    if _KEY_PARAMS.intersection(request.query_params):
+    if any(name.lower() in _KEY_PARAMS for name in request.query_params):
         raise Unauthorized(
             "api keys are accepted only in the Authorization or X-Api-Key header"
         )
+    # Two credentials are one too many: which one a proxy or the app would
+    # read is a guess, so the request is refused.
+    headers = request.headers
+    if len(headers.getlist("authorization")) + len(headers.getlist("x-api-key")) > 1:
+        raise Unauthorized("send one api key, in one Authorization or X-Api-Key")
     raw = request.headers.get("x-api-key", "")
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")

@@ -96,7 +96,9 @@ def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlet
             await asyncio.gather(flusher, return_exceptions=True)
             metrics.mark_stopped(settings.metrics_dir)
 
-    api_router = Router(api.routes + stats.routes)
+    # No slash redirects: Starlette would build their Location from the
+    # request's Host header, an open redirect; /code/ is simply not found.
+    api_router = Router(api.routes + stats.routes, redirect_slashes=False)
     routes: list[Any] = [
         Route("/health", health, methods=["GET", "HEAD"]),
         Route("/ready", ready, methods=["GET", "HEAD"]),
@@ -106,9 +108,11 @@ def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlet
     ]
     # Cached redirects skip Starlette's middleware and routing: see
     # boltlink.web.fastpath, which answers them exactly as the view does.
-    return RedirectApp(
+    app = RedirectApp(
         routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan
     )
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _shut_down(
