@@ -37,6 +37,12 @@ def _fail_cleanly(fn: F) -> F:
             return fn(*args, **kwargs)
         except BoltLinkError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            # A folder or file the settings name that cannot be made or
+            # opened: one line naming it, never a traceback.
+            where = f": {exc.filename!r}" if exc.filename else ""
+            reason = (exc.strerror or str(exc)).lower()
+            raise click.ClickException(f"{reason}{where}") from None
 
     return wrapper  # type: ignore[return-value]
 

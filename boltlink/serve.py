@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import fcntl
@@ -56,8 +57,11 @@ def serve_forever(settings: Settings, log_config: dict[str, Any]) -> None:
             url = Secret(valkey.url)
             settings = dataclasses.replace(settings, embedded_redis_url=url)
         try:
-            if not settings.database_url:
+            if not settings.database_dsn.startswith("postgres"):
                 migrate(settings.database_dsn, schema=settings.database_schema)
+            # Each worker opens the store in its lifespan, where a failure is
+            # a traceback per worker; one check here is one clear line.
+            asyncio.run(_check_store(settings))
             with _metrics_folder() as folder:
                 settings = dataclasses.replace(settings, metrics_dir=folder)
                 _run_granian(settings, log_config)
@@ -82,6 +86,13 @@ def _metrics_folder() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _check_store(settings: Settings) -> None:
+    from boltlink.backends import open_store
+
+    store = await open_store(settings)
+    await store.close()
 
 
 def _listen_address(host: str) -> str:
@@ -143,7 +154,7 @@ def _run_granian(settings: Settings, log_config: dict[str, Any]) -> None:
         settings.port,
         settings.workers,
         settings.public_url,
-        "postgres" if settings.database_url else "sqlite",
+        "postgres" if settings.database_dsn.startswith("postgres") else "sqlite",
         "in-process" if settings.inprocess_workers else "separate",
     )
     Server(

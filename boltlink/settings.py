@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +50,10 @@ def _cast_bool(name: str, raw: str) -> bool:
 
 
 def _cast_int(name: str, raw: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    # int() would also take " 80", "8_0" and non-ASCII digits.
+    if not re.fullmatch(r"-?[0-9]+", raw):
+        raise ConfigError(f"{name} must be an integer, got {raw!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
@@ -78,11 +79,18 @@ def _check_url(name: str, raw: str, schemes: tuple[str, ...]) -> Secret:
 
 
 def _check_public_url(raw: str) -> str:
-    parts = urlsplit(raw)
+    not_absolute = ConfigError(
+        f"BOLTLINK_PUBLIC_URL must be an absolute http(s) URL, got {raw!r}"
+    )
+    try:
+        parts = urlsplit(raw)
+        _ = parts.port
+    except ValueError:
+        raise not_absolute from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ConfigError(
-            f"BOLTLINK_PUBLIC_URL must be an absolute http(s) URL, got {raw!r}"
-        )
+        raise not_absolute
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"BOLTLINK_PUBLIC_URL must not carry user info, got {raw!r}")
     if parts.query or parts.fragment:
         raise ConfigError(
             f"BOLTLINK_PUBLIC_URL must not carry a query or fragment, got {raw!r}"
@@ -268,8 +276,8 @@ def _cast_one(key: str, value: str) -> Any:
         return _cast_bool(name, value)
     if key in {"data_dir", "metrics_dir"}:
         return Path(value)
-    if key in _ANALYTICS_CHECKS:
-        return _ANALYTICS_CHECKS[key](name, value)
+    if key in _FIELD_CHECKS:
+        return _FIELD_CHECKS[key](name, value)
     if key == "database_url":
         return _check_url(name, value, _DATABASE_SCHEMES) if value else None
     if key in {"redis_url", "embedded_redis_url"}:
@@ -295,6 +303,16 @@ def _check_clickhouse_url(name: str, value: str) -> Secret:
             f"got {value!r}"
         )
     return url
+
+
+def _check_prefix(name: str, value: str) -> str:
+    # Every key and channel starts with it; an empty one would mix BoltLink's
+    # keys with everything else on the server.
+    if not re.fullmatch(r"[A-Za-z0-9_.:{}-]{1,64}", value):
+        raise ConfigError(
+            f"{name} must be 1 to 64 letters, digits or _.:-{{}}, got {value!r}"
+        )
+    return value
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -324,7 +342,8 @@ def _check_cluster(name: str, value: str) -> str:
     return value
 
 
-_ANALYTICS_CHECKS: dict[str, Any] = {
+_FIELD_CHECKS: dict[str, Any] = {
+    "redis_prefix": _check_prefix,
     "geoip_db": lambda name, value: _check_file(name, value) if value else None,
     "ip_storage": lambda name, value: _check_choice(
         name, value.lower(), ("truncate", "drop")

@@ -86,6 +86,33 @@ _BAD_SETTINGS = [
     ("port", "abc", "BOLTLINK_PORT must be an integer, got 'abc'"),
     ("port", "70000", "BOLTLINK_PORT must be between 1 and 65535, got 70000"),
     ("workers", "0", "BOLTLINK_WORKERS must be between 1 and 256, got 0"),
+    ("port", " 80", "BOLTLINK_PORT must be an integer, got ' 80'"),
+    ("port", "8_0", "BOLTLINK_PORT must be an integer, got '8_0'"),
+    (
+        "redis_prefix",
+        "",
+        "BOLTLINK_REDIS_PREFIX must be 1 to 64 letters, digits or _.:-{}, got ''",
+    ),
+    (
+        "redis_prefix",
+        "a b",
+        "BOLTLINK_REDIS_PREFIX must be 1 to 64 letters, digits or _.:-{}, got 'a b'",
+    ),
+    (
+        "public_url",
+        "http://[::1",
+        "BOLTLINK_PUBLIC_URL must be an absolute http(s) URL, got 'http://[::1'",
+    ),
+    (
+        "public_url",
+        "http://x:99999",
+        "BOLTLINK_PUBLIC_URL must be an absolute http(s) URL, got 'http://x:99999'",
+    ),
+    (
+        "public_url",
+        "https://u:pw@go.example",
+        "BOLTLINK_PUBLIC_URL must not carry user info, got 'https://u:pw@go.example'",
+    ),
     (
         "database_url",
         "mysql://x",
@@ -125,7 +152,22 @@ def test_bad_setting_stops_command_with_one_line(
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("command", [["keys", "list"], ["migrate", "--no-analytics"]])
+@pytest.mark.parametrize("command", [["serve"], ["keys", "list"]])
+def test_data_folder_that_cannot_be_made_stops_with_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+
+    result = _boltlink(tmp_path, *command, timeout=30.0, data_dir=str(blocker))
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"Error: file exists: {str(blocker)!r}"]
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["keys", "list"], ["migrate", "--no-analytics"]]
+)
 def test_unreachable_postgres_stops_command_with_one_line(
     tmp_path: Path, command: list[str]
 ) -> None:
@@ -137,11 +179,13 @@ def test_unreachable_postgres_stops_command_with_one_line(
         database_url=_UNREACHABLE_POSTGRES,
     )
 
+    # serve logs the embedded Valkey's start first; the error is one line.
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [
+    assert result.stderr.splitlines()[-1] == (
         "Error: postgres '127.0.0.1:1/x' unavailable: connection failed: "
         'connection to server at "127.0.0.1", port 1 failed: Connection refused'
-    ]
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_misspelt_variable_is_named_in_a_warning(tmp_path: Path) -> None:
