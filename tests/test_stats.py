@@ -228,3 +228,119 @@ async def test_stats_needs_an_api_key(client: Any) -> None:
     response = await client.get("/api/v1/links/nope/stats")
 
     assert response.status_code == 401
+
+
+# Clicks around shifts that are not a whole hour, or a whole day. Lord Howe
+# falls back 30 minutes at 2026-04-04T15:00Z (02:00 +11:00 -> 01:30 +10:30)
+# and springs forward at 2026-10-03T15:30Z (02:00 +10:30 -> 02:30 +11:00);
+# Samoa skipped 2011-12-30 at 2011-12-30T10:00Z (-10:00 -> +14:00).
+SHIFT_EVENTS = [
+    "2026-04-04T14:59:59",  # Apr 5 01:59:59 +11:00
+    "2026-04-04T15:00:00",  # Apr 5 01:30:00 +10:30, the repeated half hour
+    "2026-04-04T15:29:59",  # Apr 5 01:59:59 +10:30
+    "2026-04-04T15:30:00",  # Apr 5 02:00:00 +10:30
+    "2026-10-03T15:29:59",  # Oct 4 01:59:59 +10:30
+    "2026-10-03T15:30:00",  # Oct 4 02:30:00 +11:00, the first instant of 02
+    "2026-10-03T15:59:59",  # Oct 4 02:59:59 +11:00
+    "2026-10-03T16:00:00",  # Oct 4 03:00:00 +11:00
+    "2011-12-30T09:59:59",  # Dec 29 23:59:59 -10:00
+    "2011-12-30T10:00:00",  # Dec 31 00:00:00 +14:00
+    "2011-12-31T22:00:00",  # Jan 1 12:00:00 +14:00
+]
+
+
+@pytest.fixture
+async def shift_link(
+    client: Any, auth: Any, app: Any, settings: Any
+) -> AsyncIterator[Any]:
+    """Create a link and ingest the clicks around odd shifts for it."""
+    body = {"url": "https://example.com/shift"}
+    created = (await client.post("/api/v1/links", json=body, headers=auth)).json()
+    stored = await app.state.runtime.store.get_link(created["code"])
+    store = analytics.acquire(settings)
+    entries = [
+        (
+            f"{_ms(at)}-{n}",
+            [Click(stored.id, stored.code, _ms(at), f"198.51.100.{n}", CHROME)],
+        )
+        for n, at in enumerate(SHIFT_EVENTS)
+    ]
+    try:
+        await IngestSink(store).write("s", entries)
+        yield stored
+    finally:
+        analytics.release(store)
+
+
+def _hours(day: str, first: list[str], rest: range, offset: str) -> list[str]:
+    return first + [f"{day}T{h:02d}:00:00{offset}" for h in rest]
+
+
+async def test_stats_hourly_half_hour_fall_back_has_the_repeated_half_hour(
+    client: Any, auth: Any, shift_link: Any
+) -> None:
+    params = {"from": "2026-04-05", "to": "2026-04-06", "interval": "hour"}
+    body = await _stats(
+        client, auth, shift_link.code, tz="Australia/Lord_Howe", **params
+    )
+
+    expected = _hours(
+        "2026-04-05",
+        [
+            "2026-04-05T00:00:00+11:00",
+            "2026-04-05T01:00:00+11:00",
+            "2026-04-05T01:30:00+10:30",
+        ],
+        range(2, 24),
+        "+10:30",
+    )
+    assert [point["start"] for point in body["series"]] == expected
+    busy = {p["start"]: p["clicks"] for p in body["series"] if p["clicks"]}
+    assert busy == {
+        "2026-04-05T01:00:00+11:00": 1,
+        "2026-04-05T01:30:00+10:30": 2,
+        "2026-04-05T02:00:00+10:30": 1,
+    }
+    assert body["totals"]["clicks"] == 4
+
+
+async def test_stats_hourly_half_hour_spring_forward_starts_at_the_shift(
+    client: Any, auth: Any, shift_link: Any
+) -> None:
+    params = {"from": "2026-10-04", "to": "2026-10-05", "interval": "hour"}
+    body = await _stats(
+        client, auth, shift_link.code, tz="Australia/Lord_Howe", **params
+    )
+
+    expected = _hours(
+        "2026-10-04",
+        [
+            "2026-10-04T00:00:00+10:30",
+            "2026-10-04T01:00:00+10:30",
+            "2026-10-04T02:30:00+11:00",
+        ],
+        range(3, 24),
+        "+11:00",
+    )
+    assert [point["start"] for point in body["series"]] == expected
+    busy = {p["start"]: p["clicks"] for p in body["series"] if p["clicks"]}
+    assert busy == {
+        "2026-10-04T01:00:00+10:30": 1,
+        "2026-10-04T02:30:00+11:00": 2,
+        "2026-10-04T03:00:00+11:00": 1,
+    }
+    assert body["totals"]["clicks"] == 4
+
+
+async def test_stats_daily_series_has_no_bucket_for_a_skipped_day(
+    client: Any, auth: Any, shift_link: Any
+) -> None:
+    params = {"from": "2011-12-29", "to": "2012-01-02", "tz": "Pacific/Apia"}
+    body = await _stats(client, auth, shift_link.code, **params)
+
+    assert _series(body) == [
+        ("2011-12-29T00:00:00-10:00", 1),
+        ("2011-12-31T00:00:00+14:00", 1),
+        ("2012-01-01T00:00:00+14:00", 1),
+    ]
+    assert body["totals"]["clicks"] == 3

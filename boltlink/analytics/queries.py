@@ -11,9 +11,17 @@ bot filter. It is answered from the cheapest source that is still exact:
 - the raw table otherwise (zones such as Asia/Kolkata at UTC+05:30, or a
   range that starts mid-hour), still bucketed by ClickHouse in the zone.
 
-Buckets are computed by ClickHouse (``toStartOfHour(t, tz)``,
-``toDate(t, tz)``, ``toMonday``, ``toStartOfMonth``) and gap-filled here
-from the same calendar rules, so a bucket with no click reads zero.
+Buckets are local wall-clock periods that exist. An hour bucket holds the
+instants that share a local date, hour and UTC offset: a repeated hour after
+a fall-back is a bucket of its own, and the part of an hour left after a
+30-minute shift (Australia/Lord_Howe) is one too, starting at the shift. A
+day, week or month bucket holds the instants of its local dates; a skipped
+date (Pacific/Apia, 2011-12-30) has no bucket. Every bucket starts at its
+first real instant, so each click falls in exactly one bucket and the series
+sums to the totals. ClickHouse keys each click by the same rule
+(``toDate``, ``toHour``, ``timeZoneOffset``, ``toMonday``,
+``toStartOfMonth`` in the zone) and the series is gap-filled here, so a
+bucket with no click reads zero.
 """
 
 from __future__ import annotations
@@ -121,7 +129,13 @@ def _bucket_sql(source: Source, interval: str) -> str:
             interval
         ]
     return {
-        "hour": f"toUnixTimestamp(toStartOfHour({t}, {{tz:String}}))",
+        # Not toStartOfHour: in zones with a half-hour offset it counts hours
+        # from local midnight, which a 30-minute DST shift knocks off the hour.
+        "hour": (
+            f"concat(toString(toDate({t}, {{tz:String}})), ' ', "
+            f"toString(toHour({t}, {{tz:String}})), '|', "
+            f"toString(timeZoneOffset(toTimeZone({t}, {{tz:String}}))))"
+        ),
         "day": f"toDate({t}, {{tz:String}})",
         "week": f"toMonday({t}, {{tz:String}})",
         "month": f"toStartOfMonth({t}, {{tz:String}})",
@@ -239,17 +253,67 @@ def bucket_starts(query: StatsQuery) -> Iterator[tuple[str, datetime]]:
     """Yield (ClickHouse bucket key, local start) of every bucket in range."""
     zone = query.zone
     if query.interval == "hour":
-        local = query.start.astimezone(zone)
-        moment = local.replace(minute=0, second=0, microsecond=0)
+        moment = _hour_start(query.start, zone)
         while moment < query.end:
-            yield str(int(moment.timestamp())), moment.astimezone(zone)
-            moment = (moment.astimezone(UTC) + timedelta(hours=1)).astimezone(zone)
-            moment = moment.replace(minute=0, second=0, microsecond=0)
+            yield _hour_key(moment), moment
+            moment = _next_hour_start(moment, zone)
         return
     day = _floor_date(query.start.astimezone(zone).date(), query.interval)
-    while (start := datetime(day.year, day.month, day.day, tzinfo=zone)) < query.end:
-        yield day.isoformat(), start
+    while (start := _first_instant(day, zone)) < query.end:
+        # A date the zone skipped entirely is no day bucket (Apia, 2011).
+        if query.interval != "day" or start.date() == day:
+            yield day.isoformat(), start
         day = _next_date(day, query.interval)
+
+
+def _hour_key(moment: datetime) -> str:
+    offset = moment.utcoffset() or timedelta()
+    return f"{moment.date()} {moment.hour}|{int(offset.total_seconds())}"
+
+
+def _offset_at(second: int, zone: ZoneInfo) -> int:
+    offset = datetime.fromtimestamp(second, zone).utcoffset() or timedelta()
+    return int(offset.total_seconds())
+
+
+def _first_change(low: int, high: int, zone: ZoneInfo) -> int:
+    # The first second in (low, high] whose offset differs from low's.
+    offset = _offset_at(low, zone)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _offset_at(middle, zone) == offset:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def _hour_start(moment: datetime, zone: ZoneInfo) -> datetime:
+    """Return the first instant of the hour bucket holding ``moment``."""
+    second = int(moment.timestamp())
+    offset = _offset_at(second, zone)
+    wall_hour = second - (second + offset) % 3600
+    if _offset_at(wall_hour, zone) != offset:
+        # The offset changed within this wall hour: the bucket starts there.
+        wall_hour = _first_change(wall_hour, second, zone)
+    return datetime.fromtimestamp(wall_hour, zone)
+
+
+def _next_hour_start(moment: datetime, zone: ZoneInfo) -> datetime:
+    """Return the first instant after ``moment``'s hour bucket."""
+    second = int(moment.timestamp())
+    offset = _offset_at(second, zone)
+    following = second - (second + offset) % 3600 + 3600
+    if _offset_at(following - 1, zone) != offset:
+        following = _first_change(second, following - 1, zone)
+    return datetime.fromtimestamp(following, zone)
+
+
+def _first_instant(day: date, zone: ZoneInfo) -> datetime:
+    # A local midnight skipped by a shift reads as the shift itself, the
+    # first real instant at or after it (PEP 495, fold=0).
+    midnight = datetime(day.year, day.month, day.day, tzinfo=zone)
+    return midnight.astimezone(UTC).astimezone(zone)
 
 
 def _floor_date(day: date, interval: str) -> date:
