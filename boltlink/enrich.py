@@ -185,6 +185,26 @@ def truncate_ip(ip: str, mode: str) -> str:
     """Return ``ip`` cut to its /24 (IPv4) or /48 (IPv6), or '' to drop it."""
     if mode == "drop" or not ip:
         return ""
+    # Most clicks come from dotted-quad IPv4: cut it as text, which ingest
+    # does for every row, and leave every other form to ipaddress.
+    parts = ip.split(".")
+    if len(parts) == 4 and all(map(_is_octet, parts)):
+        return f"{parts[0]}.{parts[1]}.{parts[2]}.0"
+    return _truncate_other(ip)
+
+
+def _is_octet(part: str) -> bool:
+    # ipaddress's rules: 1 to 3 ASCII digits, no leading zero, at most 255.
+    return (
+        0 < len(part) <= 3
+        and part.isascii()
+        and part.isdigit()
+        and (part == "0" or part[0] != "0")
+        and int(part) <= 255
+    )
+
+
+def _truncate_other(ip: str) -> str:
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
