@@ -367,6 +367,15 @@ class _Load:
                     status = client.get(self.url).status_code
                 except httpx.ConnectError:
                     return  # refused: the server stopped accepting
+                except httpx.ReadError as exc:
+                    # A connection still in the kernel's listen backlog when
+                    # the listener closes is reset with no response: the
+                    # server never accepted it, so it read no request.
+                    if "Connection reset by peer" in repr(exc):
+                        return
+                    with self._lock:
+                        self.failures.append(repr(exc))
+                    return
                 except httpx.TransportError as exc:
                     with self._lock:
                         self.failures.append(repr(exc))
