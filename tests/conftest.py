@@ -101,6 +101,21 @@ def redis_prefix() -> str:
 
 
 @pytest.fixture
+def redis_settings(redis_url: str, redis_prefix: str) -> Iterator[dict[str, str]]:
+    """Return Redis settings with this test's own prefix; delete its keys after."""
+    import redis
+
+    yield {"redis_url": redis_url, "redis_prefix": redis_prefix}
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{redis_prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
 async def redis_client(redis_url: str, redis_prefix: str) -> AsyncIterator[Any]:
     """Yield an asyncio Redis client; delete this test's keys afterwards."""
     import redis.asyncio as aioredis

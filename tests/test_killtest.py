@@ -338,19 +338,6 @@ def _clickhouse_counts(url: str) -> tuple[dict[int, int], list[int]]:
 # -- the test ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_settings(redis_url: str, redis_prefix: str) -> Iterator[dict[str, str]]:
-    """Return Redis settings with this test's own prefix; delete its keys after."""
-    yield {"redis_url": redis_url, "redis_prefix": redis_prefix}
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{redis_prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     """Return link-store settings: a SQLite file, or Postgres in its own schema."""

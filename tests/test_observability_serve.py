@@ -33,11 +33,10 @@ from tests.test_serve import (
     _stop,
     _wait_clicks,
     production,
-    redis_settings,
     servers,
 )
 
-__all__ = ["production", "redis_settings", "servers"]
+__all__ = ["production", "servers"]
 
 pytestmark = pytest.mark.slow
 

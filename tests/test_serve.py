@@ -143,21 +143,6 @@ def servers(tmp_path: Path) -> Iterator[_Servers]:
 
 
 @pytest.fixture
-def redis_settings(redis_url: str, redis_prefix: str) -> Iterator[dict[str, str]]:
-    """Return Redis settings with this test's own prefix; delete its keys after."""
-    import redis
-
-    yield {"redis_url": redis_url, "redis_prefix": redis_prefix}
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{redis_prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
-@pytest.fixture
 def production(
     tmp_path: Path, pg_schema: str, redis_settings: dict[str, str]
 ) -> dict[str, str]:

@@ -273,11 +273,9 @@ class RelayedStore:
 
     async def count_clicks(self, link_id: int | None = None) -> int:
         """Return the exact number of stored clicks, of one link or of all."""
-        where = "" if link_id is None else " WHERE link_id = {link:UInt64}"
-        rows = await self.query(
-            f"SELECT count() FROM clicks FINAL{where}", {"link": link_id or 0}
-        )
-        return int(rows[0][0])
+        from boltlink.analytics.store import count_clicks
+
+        return await count_clicks(self, link_id)
 
     def export(self, name: str, sql: str, params: dict[str, Any]) -> RelayStream:
         """Return a stream of an export run in the holder of chDB."""

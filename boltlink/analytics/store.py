@@ -32,6 +32,7 @@ __all__ = [
     "AnalyticsStore",
     "ExportStream",
     "acquire",
+    "count_clicks",
     "dedup_token",
     "opened_here",
     "release",
@@ -78,6 +79,15 @@ class AnalyticsReader(Protocol):
 
     def export(self, name: str, sql: str, params: dict[str, Any]) -> ExportStream:
         """Return a stream of ``sql``'s rows in export format ``name``."""
+
+
+async def count_clicks(reader: AnalyticsReader, link_id: int | None = None) -> int:
+    """Return the exact number of clicks ``reader`` stores, of one link or all."""
+    where = "" if link_id is None else " WHERE link_id = {link:UInt64}"
+    rows = await reader.query(
+        f"SELECT count() FROM clicks FINAL{where}", {"link": link_id or 0}
+    )
+    return int(rows[0][0])
 
 
 def dedup_token(stream: str, entry_ids: Sequence[str]) -> str:
@@ -198,11 +208,7 @@ class AnalyticsStore:
 
     async def count_clicks(self, link_id: int | None = None) -> int:
         """Return the exact number of stored clicks, of one link or of all."""
-        where = "" if link_id is None else " WHERE link_id = {link:UInt64}"
-        rows = await self.query(
-            f"SELECT count() FROM clicks FINAL{where}", {"link": link_id or 0}
-        )
-        return int(rows[0][0])
+        return await count_clicks(self, link_id)
 
     async def ping(self) -> None:
         """Run a trivial query."""
