@@ -37,6 +37,14 @@ class LinkStore(Protocol):
     async def create_link(self, new: NewLink) -> Link:
         """Insert a link; raise ``CodeTaken`` if (domain, code) exists."""
 
+    async def create_links(self, news: Sequence[NewLink]) -> list[Link | None]:
+        """Insert several links in one transaction; None where a code is taken.
+
+        The answer follows the order of ``news``. No (domain, code) may appear
+        twice in ``news`` (``ValueError``): the caller decides which of two
+        requests for one code is first. Any other failure stores nothing.
+        """
+
     async def get_link(self, code: str, domain: str = "") -> Link | None:
         """Return the link with exactly this code, deleted ones included."""
 

@@ -126,25 +126,39 @@ class PostgresStore:
 
     async def create_link(self, new: NewLink) -> Link:
         """Insert a link and its tags; raise ``CodeTaken`` if the code exists."""
-        # One statement, so one round trip and one commit: the tags go in
-        # with the link and the row comes back as select_link reads it. A
-        # code taken, even by a concurrent insert, inserts and returns nothing.
+        [link] = await self.create_links([new])
+        if link is None:
+            raise CodeTaken(f"code {new.code!r} already taken", field="code")
+        return link
+
+    async def create_links(self, news: Sequence[NewLink]) -> list[Link | None]:
+        """Insert links and their tags; None for each whose code is taken."""
+        _check_distinct(news)
+        if not news:
+            return []
+        # One statement, so one round trip and one commit for the batch, and
+        # all of it or nothing. A code taken, even by a concurrent insert,
+        # inserts and returns nothing. Rows go in sorted by code: two batches
+        # that share codes wait on each other in one order, never deadlock.
+        ordered = sorted(news, key=lambda new: (new.domain, new.code))
+        tagged = [(new, tag) for new in ordered for tag in sorted(set(new.tags))]
         params = {
-            "domain": new.domain,
-            "code": new.code,
-            "url": new.url,
-            "title": new.title,
-            "status": new.redirect_status,
-            "expires": _utc(new.expires_at),
-            "by": new.created_by,
-            "tags": sorted(set(new.tags)),
+            "domains": [new.domain for new in ordered],
+            "codes": [new.code for new in ordered],
+            "urls": [new.url for new in ordered],
+            "titles": [new.title for new in ordered],
+            "statuses": [new.redirect_status for new in ordered],
+            "expires": [_utc(new.expires_at) for new in ordered],
+            "by": [new.created_by for new in ordered],
+            "tag_domains": [new.domain for new, _ in tagged],
+            "tag_codes": [new.code for new, _ in tagged],
+            "tags": [tag for _, tag in tagged],
         }
         async with self._connection() as conn:
-            cursor = await conn.execute(self._tables.insert_link, params)
-            row = await cursor.fetchone()
-        if row is None:
-            raise CodeTaken(f"code {new.code!r} already taken", field="code")
-        return _link(row)
+            cursor = await conn.execute(self._tables.insert_links, params)
+            rows = await cursor.fetchall()
+        created = {(row[12], row[1]): _link(row) for row in rows}
+        return [created.get((new.domain, new.code)) for new in news]
 
     async def get_link(self, code: str, domain: str = "") -> Link | None:
         """Return the link with exactly this code, deleted ones included."""
@@ -408,15 +422,23 @@ class _Tables:
             " l.deleted_at, l.clicks, l.created_by, l.domain"
             f" FROM {self.links} AS l"
         )
-        self.insert_link = (
-            f"WITH l AS (INSERT INTO {self.links} (domain, code, url, title,"
-            " redirect_status, expires_at, created_by) VALUES (%(domain)s,"
-            " %(code)s, %(url)s, %(title)s, %(status)s, %(expires)s, %(by)s)"
-            " ON CONFLICT (domain, code) DO NOTHING RETURNING *),"
+        self.insert_links = (
+            "WITH n AS (SELECT * FROM unnest(%(domains)s::text[],"
+            " %(codes)s::text[], %(urls)s::text[], %(titles)s::text[],"
+            " %(statuses)s::integer[], %(expires)s::timestamptz[],"
+            " %(by)s::bigint[]) WITH ORDINALITY AS n(domain, code, url, title,"
+            " redirect_status, expires_at, created_by, position)),"
+            f" l AS (INSERT INTO {self.links} (domain, code, url, title,"
+            " redirect_status, expires_at, created_by) SELECT domain, code, url,"
+            " title, redirect_status, expires_at, created_by FROM n"
+            " ORDER BY position ON CONFLICT (domain, code) DO NOTHING RETURNING *),"
+            " g AS (SELECT * FROM unnest(%(tag_domains)s::text[],"
+            " %(tag_codes)s::text[], %(tags)s::text[]) AS g(domain, code, tag)),"
             f" t AS (INSERT INTO {self.link_tags} (link_id, tag)"
-            " SELECT l.id, unnest(%(tags)s::text[]) FROM l)"
+            " SELECT l.id, g.tag FROM l JOIN g USING (domain, code))"
             " SELECT l.id, l.code, l.url, l.title,"
-            " ARRAY(SELECT unnest(%(tags)s::text[]) ORDER BY 1),"
+            " ARRAY(SELECT g.tag FROM g WHERE g.domain = l.domain"
+            " AND g.code = l.code ORDER BY 1),"
             " l.redirect_status, l.expires_at, l.created_at, l.updated_at,"
             " l.deleted_at, l.clicks, l.created_by, l.domain FROM l"
         )
@@ -431,6 +453,12 @@ def _column_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     if "expires_at" in columns:
         columns["expires_at"] = _utc(columns["expires_at"])
     return columns
+
+
+def _check_distinct(news: Sequence[NewLink]) -> None:
+    """Refuse a batch that holds one (domain, code) twice: whose row is it?"""
+    if len({(new.domain, new.code) for new in news}) < len(news):
+        raise ValueError("a batch of new links must not repeat a code")
 
 
 def _sum_clicks(batches: Iterable[Mapping[int, int]]) -> dict[int, int]:

@@ -95,13 +95,27 @@ class SqliteStore:
 
     async def create_link(self, new: NewLink) -> Link:
         """Insert a link and its tags; raise ``CodeTaken`` if the code exists."""
+        [link] = await self.create_links([new])
+        if link is None:
+            raise CodeTaken(f"code {new.code!r} already taken", field="code")
+        return link
+
+    async def create_links(self, news: Sequence[NewLink]) -> list[Link | None]:
+        """Insert links and their tags; None for each whose code is taken."""
+        if len({(new.domain, new.code) for new in news}) < len(news):
+            raise ValueError("a batch of new links must not repeat a code")
+        if not news:
+            return []
+        # One write transaction for the batch: one commit, all or nothing.
         now = _text(_now())
+        created: list[Link | None] = []
         async with self._write() as conn:
-            try:
+            for new in news:
                 rows = await conn.execute_fetchall(
                     "INSERT INTO links (domain, code, url, title, redirect_status,"
                     " expires_at, created_at, updated_at, created_by)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (domain, code) DO NOTHING RETURNING id",
                     (
                         new.domain,
                         new.code,
@@ -114,16 +128,13 @@ class SqliteStore:
                         new.created_by,
                     ),
                 )
-            except sqlite3.IntegrityError as exc:
-                if "links.domain, links.code" not in str(exc):
-                    raise
-                raise CodeTaken(
-                    f"code {new.code!r} already taken", field="code"
-                ) from exc
-
-            link_id = int(next(iter(rows))[0])
-            await _insert_tags(conn, link_id, new.tags)
-            return await _fetch_link(conn, link_id)
+                row = next(iter(rows), None)
+                if row is None:
+                    created.append(None)
+                    continue
+                await _insert_tags(conn, int(row[0]), new.tags)
+                created.append(await _fetch_link(conn, int(row[0])))
+        return created
 
     async def get_link(self, code: str, domain: str = "") -> Link | None:
         """Return the link with exactly this code, deleted ones included."""
