@@ -40,6 +40,16 @@ from boltlink.settings import Settings
 __all__ = ["pipeline_bench", "profile_sink"]
 
 CLICKS_PER_ENTRY = 10
+#: (sink, consumers, processes): consumers are spread over that many
+#: processes. Tasks of one process share its GIL; ``aggregate`` scales out
+#: by process, while ``ingest`` on chDB is one process per data folder.
+_SETUPS = (
+    ("aggregate", 1, 1),
+    ("aggregate", 2, 2),
+    ("aggregate", 2, 1),
+    ("ingest", 1, 1),
+    ("ingest", 2, 1),
+)
 _HOLD_GROUP = "bench-hold"
 LINKS = 1000
 _USER_AGENT = (
@@ -56,21 +66,21 @@ def pipeline_bench(plan: Plan, results: Results) -> None:
         links = asyncio.run(_create_links(Settings.from_env(env)))
         stream = stream_names(box.prefix, 1)[0]
         _fill(stream, links, plan.pipeline_events)
-        for sink in ("aggregate", "ingest"):
-            for consumers in (1, 2):
-                seconds = []
-                for run in range(plan.pipeline_repeats):
-                    folder = box.folder / f"chdb-{sink}-{consumers}-{run}"
-                    run_env = {**env, "BOLTLINK_CLICKHOUSE_URL": f"chdb://{folder}"}
-                    _reset(box, stream, sink)
-                    seconds.append(_drain(run_env, box, stream, sink, consumers))
-                row = PipelineRow(sink, consumers, plan.pipeline_events, seconds)
-                results.pipeline.append(row)
-                if sink == "ingest":
-                    results.tallies[f"pipeline ingest {consumers}c"] = _tally(
-                        plan.pipeline_events, _chdb_count(folder)
-                    )
-        applied = plan.pipeline_events * plan.pipeline_repeats * 2
+        for sink, consumers, processes in _SETUPS:
+            seconds = []
+            for run in range(plan.pipeline_repeats):
+                folder = box.folder / f"chdb-{sink}-{consumers}-{processes}-{run}"
+                run_env = {**env, "BOLTLINK_CLICKHOUSE_URL": f"chdb://{folder}"}
+                _reset(box, stream, sink)
+                seconds.append(_drain(run_env, box, stream, sink, consumers, processes))
+            row = PipelineRow(sink, consumers, plan.pipeline_events, seconds, processes)
+            results.pipeline.append(row)
+            if sink == "ingest":
+                results.tallies[f"pipeline ingest {consumers}c"] = _tally(
+                    plan.pipeline_events, _chdb_count(folder)
+                )
+        aggregate_runs = sum(1 for setup in _SETUPS if setup[0] == "aggregate")
+        applied = plan.pipeline_events * plan.pipeline_repeats * aggregate_runs
         results.tallies["pipeline aggregate"] = _tally(applied, _store_clicks(box))
 
 
@@ -92,7 +102,7 @@ def profile_sink(
         process = spawn(boltlink_command(sink, "--consumers=1"), env, box.log(sink))
         client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
         try:
-            _wait_for(client, stream, sink, process, _appeared, 120.0)
+            _wait_for(client, stream, sink, [process], _appeared, 120.0)
             time.sleep(1.0)
             before = _entries_read(client, stream, sink)
             subprocess.run(
@@ -174,18 +184,27 @@ def _click(link: tuple[int, str], now: int) -> Click:
 
 
 def _drain(
-    env: dict[str, str], box: Sandbox, stream: str, sink: str, consumers: int
+    env: dict[str, str],
+    box: Sandbox,
+    stream: str,
+    sink: str,
+    consumers: int,
+    processes: int,
 ) -> float:
-    command = boltlink_command(sink, f"--consumers={consumers}")
-    process = spawn(command, env, box.log(f"{sink}-{consumers}"))
+    command = boltlink_command(sink, f"--consumers={consumers // processes}")
+    spawned = [
+        spawn(command, env, box.log(f"{sink}-{consumers}-{processes}-{n}"))
+        for n in range(processes)
+    ]
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
-        started = _wait_for(client, stream, sink, process, _appeared, 120.0)
-        finished = _wait_for(client, stream, sink, process, _drained, 600.0)
+        started = _wait_for(client, stream, sink, spawned, _appeared, 120.0)
+        finished = _wait_for(client, stream, sink, spawned, _drained, 600.0)
         return finished - started
     finally:
         client.close()
-        stop(process)
+        for process in spawned:
+            stop(process)
 
 
 def _appeared(group: dict[str, Any]) -> bool:
@@ -200,14 +219,17 @@ def _wait_for(
     client: Any,
     stream: str,
     sink: str,
-    process: subprocess.Popen[bytes],
+    processes: list[subprocess.Popen[bytes]],
     done: Any,
     timeout: float,
 ) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"boltlink {sink} exited early ({process.returncode})")
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"boltlink {sink} exited early ({process.returncode})"
+                )
         groups = {g["name"]: g for g in client.xinfo_groups(stream)}
         if sink in groups and done(groups[sink]):
             return time.monotonic()

@@ -1,7 +1,8 @@
 """Profile one granian worker under load with py-spy and rank what costs most.
 
-``python -m bench.profile hot|notfound|create|baseline [--seconds 20]``
-starts BoltLink on the production profile with one worker (and the bare
+``python -m bench.profile hot|embedded|notfound|create|baseline [--seconds 20]``
+starts BoltLink on the production profile (``embedded``: the embedded
+profile) with one worker (and the bare
 Starlette baseline beside it), puts wrk's load on one of them and samples
 its worker with ``py-spy record --gil`` (``pip install py-spy``). It prints
 the GIL time per request, its split by component of the request path, the
@@ -43,6 +44,7 @@ _STARTUP = (
     "serve (boltlink/cli.py",
     "serve_forever (",
     "_run_granian (",
+    "_run_with_consumers (",
     "_fail_cleanly",
 )
 _STARTUP_FILES = ("click/", "multiprocessing/", "granian/server/")
@@ -165,7 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument(
         "scenario",
-        choices=["hot", "notfound", "create", "baseline", "aggregate", "ingest"],
+        choices=[
+            "hot",
+            "embedded",
+            "notfound",
+            "create",
+            "baseline",
+            "aggregate",
+            "ingest",
+        ],
     )
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument(
@@ -187,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(rank(output.read_text()))
         print(f"\nraw stacks: {output}", file=sys.stderr)
         return 0
-    with boltlink_server("profile", 1) as server:
+    production = args.scenario != "embedded"
+    with boltlink_server("profile", 1, production=production) as server:
         codes = new_codes(Plan().hot_links, "h")
         create_links(server.served.url, server.key, codes)
         path = server.codes_file(codes, "hot")
@@ -196,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         assert target is not None
         script, env = {
             "hot": ("cycle.lua", {"BENCH_CODES": str(path)}),
+            "embedded": ("cycle.lua", {"BENCH_CODES": str(path)}),
             "baseline": ("cycle.lua", {"BENCH_CODES": str(path)}),
             "notfound": ("notfound.lua", {"BENCH_CODES": str(unknown)}),
             "create": (

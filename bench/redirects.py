@@ -140,8 +140,10 @@ def redirect_embedded(plan: Plan, results: Results) -> None:
         create_links(server.served.url, server.key, codes)
         path = server.codes_file(codes, "hot")
         pids = server.served.worker_pids()
+        children = server.served.consumer_pids()
         rest = [m for m in map(rss_mib, pids) if m is not None]
-        with sample_rss(pids) as load:
+        rest_children = [m for m in map(rss_mib, children) if m is not None]
+        with sample_rss(pids) as load, sample_rss(children) as child_load:
             measured, base = measure(
                 server.targets,
                 "cycle.lua",
@@ -150,6 +152,15 @@ def redirect_embedded(plan: Plan, results: Results) -> None:
             )
         results.rows.append(_row(name, 1, measured, base))
         results.memory.append(_memory("embedded", 1, rest, load.peak_mib))
+        if children:
+            results.memory.append(
+                _memory(
+                    "embedded consumer process",
+                    1,
+                    rest_children,
+                    child_load.peak_mib,
+                )
+            )
         server.tally(f"{name} 1w", measured.every_run, results)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from bench.measure import Row
-from bench.results import BASELINE_RAW, Results
+from bench.results import BASELINE_RAW, PipelineRow, Results
 
 __all__ = ["render"]
 
@@ -93,6 +93,14 @@ def _http_table(results: Results) -> list[list[str]]:
     return rows
 
 
+def _consumers(p: PipelineRow) -> str:
+    if p.consumers == 1:
+        return "1"
+    if p.processes == 1:
+        return f"{p.consumers} in one process"
+    return f"{p.consumers}, a process each"
+
+
 def _pipeline_table(results: Results) -> list[list[str]]:
     rows = [
         ["pipeline sink", "consumers", "events", "seconds", "events/s", "per consumer"]
@@ -101,7 +109,7 @@ def _pipeline_table(results: Results) -> list[list[str]]:
         rows.append(
             [
                 p.sink,
-                str(p.consumers),
+                _consumers(p),
                 f"{p.events:,}",
                 f"{p.median_seconds:.1f}",
                 f"{p.events_per_second:,.0f}",
@@ -116,7 +124,7 @@ def _memory_table(results: Results) -> list[list[str]]:
     for m in results.memory:
         rows.append(
             [
-                f"{m.server} worker",
+                m.server if " " in m.server else f"{m.server} worker",
                 str(m.workers),
                 " / ".join(f"{v:.0f}" for v in m.rest_mib),
                 " / ".join(f"{v:.0f}" for v in m.load_mib),
@@ -200,8 +208,8 @@ def _targets(results: Results) -> Iterator[list[str]]:
         ]
     for p in results.pipeline:
         yield [
-            f"pipeline {p.sink}, {p.consumers} consumer(s): >= 50,000 events/s "
-            "per consumer",
+            f"pipeline {p.sink}, consumers {_consumers(p)}: >= 50,000 "
+            "events/s per consumer",
             f"{p.per_consumer:,.0f}",
             _met(p.per_consumer >= 50_000),
         ]

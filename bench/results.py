@@ -38,6 +38,9 @@ class PipelineRow:
     consumers: int
     events: int
     seconds: list[float]
+    #: Consumer processes the consumers were spread over (one each, or
+    #: all of them as tasks of one process).
+    processes: int = 1
 
     @property
     def median_seconds(self) -> float:

@@ -102,7 +102,15 @@ class Served:
     def worker_pids(self) -> list[int]:
         """Return the pids of the granian workers (Python children only)."""
         children = _children(self.process.pid)
-        return [p for p in children if _exe_name(p).startswith("python")]
+        return [
+            p
+            for p in children
+            if _exe_name(p).startswith("python") and not _is_consumer_child(p)
+        ]
+
+    def consumer_pids(self) -> list[int]:
+        """Return the pid of serve's consumer process, if it runs one."""
+        return [p for p in _children(self.process.pid) if _is_consumer_child(p)]
 
 
 @contextlib.contextmanager
@@ -169,6 +177,14 @@ def _exe_name(pid: int) -> str:
     except OSError:
         return ""
     return Path(argv0.decode()).name
+
+
+def _is_consumer_child(pid: int) -> bool:
+    # boltlink.workers.child: the embedded profile's consumers.
+    try:
+        return b"boltlink.workers.child" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def rss_mib(pid: int) -> float | None:

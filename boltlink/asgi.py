@@ -1,10 +1,13 @@
 """Build the app granian serves: the web app plus, when asked, the consumers.
 
-In the embedded profile ``boltlink serve`` is the whole product, so the
-aggregate and ingest consumers run inside it. With several worker processes
-only one of them runs the consumers: chDB allows one process per data
-folder, and the one holding ``pipeline.lock`` in the data folder is it. If
-that worker dies its lock goes with it and a respawned worker takes over.
+In the embedded profile ``boltlink serve`` is the whole product, so it
+runs the aggregate and ingest consumers too: in a child process of its own
+(:mod:`boltlink.workers.child`), whose workers then only serve. An app made
+by :func:`create_app` with ``inprocess_workers`` set, served by some other
+means, runs them in a worker instead. Only one process runs them: chDB
+allows one process per data folder, and the one holding ``pipeline.lock``
+in the data folder is it; if it dies its lock goes with it and the next
+one takes over.
 """
 
 from __future__ import annotations

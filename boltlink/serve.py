@@ -64,12 +64,30 @@ def serve_forever(settings: Settings, log_config: dict[str, Any]) -> None:
             asyncio.run(_check_store(settings))
             with _metrics_folder() as folder:
                 settings = dataclasses.replace(settings, metrics_dir=folder)
-                _run_granian(settings, log_config)
+                _run_with_consumers(settings, log_config)
         finally:
             # Stopped last, after granian drained its workers, so their
             # final clicks and acknowledgements still reach it.
             if valkey is not None:
                 valkey.stop()
+
+
+def _run_with_consumers(settings: Settings, log_config: dict[str, Any]) -> None:
+    """Run granian; when serve runs the consumers, in a child beside it."""
+    if not settings.inprocess_workers:
+        _run_granian(settings, log_config, consumers="separate")
+        return
+    from boltlink.workers.child import ConsumerProcess
+
+    consumers = ConsumerProcess(settings)
+    consumers.start()
+    try:
+        # The workers serve only; they read analytics through the child.
+        web = dataclasses.replace(settings, inprocess_workers=False)
+        _run_granian(web, log_config, consumers=f"child pid={consumers.pid}")
+    finally:
+        # After the workers: their last clicks are in the stream by now.
+        consumers.stop()
 
 
 @contextlib.contextmanager
@@ -141,7 +159,9 @@ def _data_dir_lock(settings: Settings) -> Iterator[None]:
         yield
 
 
-def _run_granian(settings: Settings, log_config: dict[str, Any]) -> None:
+def _run_granian(
+    settings: Settings, log_config: dict[str, Any], *, consumers: str
+) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
@@ -155,7 +175,7 @@ def _run_granian(settings: Settings, log_config: dict[str, Any]) -> None:
         settings.workers,
         settings.public_url,
         "postgres" if settings.database_dsn.startswith("postgres") else "sqlite",
-        "in-process" if settings.inprocess_workers else "separate",
+        consumers,
     )
     Server(
         "boltlink.asgi:create_worker_app",

@@ -178,6 +178,19 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def _consumer_processes(server: Server) -> set[int]:
+    """Return the pids of serve's consumer process (boltlink.workers.child)."""
+    found = set()
+    for pid in _children(server.process.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"boltlink.workers.child" in cmdline and _alive(pid):
+            found.add(pid)
+    return found
+
+
 def _valkeys_in(folder: Path) -> set[int]:
     """Return the pids of running valkey-server processes working in ``folder``."""
     found: set[int] = set()
@@ -273,6 +286,74 @@ def test_embedded_serve_counts_clicks_and_stops_cleanly(
     assert _wait_gone(valkeys, timeout=1.0) == set()
 
 
+def test_embedded_workers_serve_while_a_child_runs_the_consumers(
+    tmp_path: Path, servers: _Servers
+) -> None:
+    data_dir = tmp_path / "boltlink-data"
+    settings = {"data_dir": str(data_dir), "claim_idle_ms": "500"}
+    server = servers.serve("serve", {**settings, "workers": "2"})
+    [consumers] = _consumer_processes(server)
+    key = _boltlink(
+        tmp_path,
+        settings,
+        "keys",
+        "create",
+        "--name",
+        "e2e",
+        "--scope",
+        "links:write",
+        "--scope",
+        "links:read",
+        "--scope",
+        "analytics:read",
+    ).splitlines()[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=server.base_url, headers=headers) as api:
+        code = str(_create_link(api)["code"])
+        for _ in range(5):
+            assert httpx.get(f"{server.base_url}/{code}").status_code == 302
+        assert _wait_clicks(api, code, 5, timeout=10.0) == 5, server.tail()
+        # The child holds the chDB folder; the workers never open it.
+        assert _holds_chdb(consumers, data_dir)
+        workers = _children(server.process.pid) - {consumers}
+        workers -= _valkeys_in(data_dir / "valkey")
+        assert len(workers) == 2
+        assert not any(_holds_chdb(pid, data_dir) for pid in workers)
+
+        # Killed, the child is started again; clicks made meanwhile wait in
+        # the stream and are counted once it is back.
+        os.kill(consumers, signal.SIGKILL)
+        assert _wait_gone({consumers}, timeout=5.0) == set()
+        for _ in range(7):
+            assert httpx.get(f"{server.base_url}/{code}").status_code == 302
+        assert _wait_clicks(api, code, 12, timeout=20.0) == 12, server.tail()
+        [again] = _consumer_processes(server)
+        assert again != consumers
+        assert "consumer process pid=" in server.tail()
+
+    # Analytics are read through the new child, from both workers.
+    assert _stats_clicks(server, key, code, 12) == [12] * 12
+
+    assert _stop(server.process) == 0, server.tail()
+    assert _wait_gone({again}, timeout=1.0) == set()
+
+
+def _holds_chdb(pid: int, data_dir: Path) -> bool:
+    """Tell whether ``pid`` has a file of the chDB folder open."""
+    folder = str((data_dir / "chdb").resolve())
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd).startswith(folder):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_killed_serve_leaves_no_process_behind(
     tmp_path: Path, servers: _Servers
 ) -> None:
@@ -281,12 +362,15 @@ def test_killed_serve_leaves_no_process_behind(
     valkeys = _valkeys_in(data_dir / "valkey")
     children = _children(server.process.pid)
     assert len(valkeys) == 1
-    assert len(children) == 2
+    # Valkey, the consumer process and granian's worker.
+    assert len(children) == 3
+    assert len(_consumer_processes(server)) == 1
 
     server.process.kill()
     server.process.wait()
 
-    # Valkey gets SIGKILL, granian's worker SIGTERM (PR_SET_PDEATHSIG).
+    # Valkey gets SIGKILL, the worker and the consumers SIGTERM
+    # (PR_SET_PDEATHSIG).
     try:
         assert _wait_gone(children, timeout=10.0) == set(), server.tail()
         assert _valkeys_in(data_dir / "valkey") == set()
