@@ -177,6 +177,70 @@ async def test_create_link_two_stores_same_code_one_wins(
     assert sum(isinstance(r, CodeTaken) for r in results) == 19
 
 
+async def test_create_links_answers_each_in_order(store: Store) -> None:
+    await store.create_link(new_link("taken"))
+
+    links = await store.create_links(
+        [new_link("zz", tags=("b", "a")), new_link("taken"), new_link("aa")]
+    )
+
+    assert [link.code if link else None for link in links] == ["zz", None, "aa"]
+    assert [link.tags if link else None for link in links] == [("a", "b"), None, ()]
+    assert [await store.get_link(code) for code in ("zz", "aa")] == [
+        links[0],
+        links[2],
+    ]
+    assert (await store.get_link("taken")).url == "https://example.com/taken"
+
+
+async def test_create_links_repeated_code_raises_value_error(store: Store) -> None:
+    with pytest.raises(ValueError, match="must not repeat a code"):
+        await store.create_links([new_link("twice"), new_link("twice")])
+
+    assert await store.get_link("twice") is None
+
+
+async def test_create_links_empty_batch_returns_nothing(store: Store) -> None:
+    assert await store.create_links([]) == []
+
+
+async def test_create_links_failed_row_stores_nothing(store: Store) -> None:
+    # A creator that no key has breaks the foreign key: the whole batch fails.
+    import sqlite3
+
+    import psycopg
+
+    broken = (sqlite3.IntegrityError, psycopg.errors.ForeignKeyViolation)
+    with pytest.raises(broken):
+        await store.create_links(
+            [new_link("ok", tags=("t",)), new_link("bad", created_by=999)]
+        )
+
+    assert await store.list_links(limit=10) == []
+    assert await store.list_links(limit=10, tag="t") == []
+
+
+async def test_create_links_concurrent_batches_sharing_codes_each_code_once(
+    store: Store, store_dsn: tuple[str, str]
+) -> None:
+    dsn, schema = store_dsn
+    other = create_store(dsn, schema=schema, pool_size=2)
+    await other.open()
+    codes = [f"s{i}" for i in range(30)]
+    try:
+        results = await asyncio.gather(
+            *(
+                s.create_links([new_link(c) for c in order])
+                for s, order in [(store, codes), (other, codes[::-1])] * 3
+            )
+        )
+    finally:
+        await other.close()
+
+    won = [link.code for batch in results for link in batch if link is not None]
+    assert sorted(won) == sorted(codes)
+
+
 async def test_get_link_unknown_code_returns_none(store: Store) -> None:
     assert await store.get_link("nope") is None
 

@@ -11,16 +11,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from boltlink.apikeys import hash_key
-from boltlink.codes import random_code
 from boltlink.errors import (
-    CodeTaken,
     Forbidden,
     LinkGone,
     LinkNotFound,
     Unauthorized,
     ValidationFailed,
 )
-from boltlink.models import ApiKey, Link, NewLink
+from boltlink.models import ApiKey, Link
+from boltlink.web.creates import LinkCreator
 from boltlink.web.linkinput import parse_create, parse_patch
 from boltlink.web.params import (
     code_param,
@@ -33,7 +32,6 @@ from boltlink.web.runtime import Runtime
 
 __all__ = ["routes"]
 
-_RANDOM_CODE_ATTEMPTS = 8
 _DEFAULT_PAGE = 50
 _MAX_PAGE = 200
 # Query parameters that look like a credential: refused outright so a key
@@ -67,11 +65,25 @@ async def authorize(request: Request, scope: str) -> ApiKey:
     if not raw:
         raise Unauthorized("missing api key: send Authorization: Bearer <key>")
 
-    key = await _runtime(request).store.get_key(hash_key(raw))
+    key = await _stored_key(_runtime(request), hash_key(raw))
     if key is None or key.revoked_at is not None:
         raise Unauthorized("unknown or revoked api key")
     if not key.allows(scope):
         raise Forbidden(f"api key {key.prefix!r} lacks scope {scope!r}")
+    return key
+
+
+async def _stored_key(runtime: Runtime, digest: str) -> ApiKey | None:
+    """Return the key of ``digest`` from the worker's cache, else the store."""
+    cache = runtime.resolver.keys
+    key = cache.get(digest)
+    if key is None:
+        generation = cache.generation
+        key = await runtime.store.get_key(digest)
+        # Unknown digests are not kept: a flood of made-up keys must not
+        # fill the cache, and a key created later must work at once.
+        if key is not None:
+            cache.put(digest, key, generation)
     return key
 
 
@@ -108,24 +120,9 @@ async def create_link(request: Request) -> Response:
     fields = parse_create(
         await read_json(request), public_host=runtime.settings.public_host
     )
-    link = await _insert(runtime, fields, key)
-    await runtime.resolver.publish_link(link.code, link)
+    creator: LinkCreator = request.app.state.creator
+    link = await creator.create(fields, created_by=key.id)
     return _json(render_link(link, runtime.settings.public_url), 201)
-
-
-async def _insert(runtime: Runtime, fields: dict[str, Any], key: ApiKey) -> Link:
-    custom = fields.pop("code")
-    attempts = 1 if custom else _RANDOM_CODE_ATTEMPTS
-    for attempt in range(attempts):
-        new = NewLink(code=custom or random_code(), created_by=key.id, **fields)
-        try:
-            return await runtime.store.create_link(new)
-        except CodeTaken:
-            # A random code that collides is retried with a fresh one; the
-            # caller only hears of a collision on a code it chose.
-            if custom or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 async def _live_link(runtime: Runtime, code: str) -> Link:

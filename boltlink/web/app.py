@@ -18,8 +18,10 @@ from boltlink.clicks import stream_names
 from boltlink.recorder import ClickRecorder
 from boltlink.settings import Settings
 from boltlink.web import api, stats
+from boltlink.web.creates import LinkCreator
 from boltlink.web.fastpath import RedirectApp
 from boltlink.web.instrument import ApiInstrumentation
+from boltlink.web.keycache import KeyCache
 from boltlink.web.probes import Readiness, health, metrics_view, ready
 from boltlink.web.problems import EXCEPTION_HANDLERS
 from boltlink.web.redirect import redirect
@@ -48,6 +50,9 @@ async def open_runtime(settings: Settings) -> Runtime:
         ttl=settings.cache_ttl,
         negative_ttl=settings.negative_cache_ttl,
         pubsub_redis=pubsub_redis,
+        # The CLI reaches a configured Redis, never the embedded Valkey of a
+        # running serve: keys are cached only where a revocation is heard.
+        keys=KeyCache(settings.cache_ttl, enabled=bool(settings.redis_url)),
     )
     recorder = ClickRecorder(
         redis,
@@ -82,6 +87,7 @@ def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlet
         runtime = await open_runtime(settings)
         app.state.runtime = runtime
         app.state.readiness = Readiness(runtime)
+        app.state.creator = LinkCreator(runtime.store, runtime.resolver)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(runtime.resolver.listen(), name="link-changes")]
         tasks += [asyncio.create_task(job(settings, stop)) for job in jobs]

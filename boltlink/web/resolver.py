@@ -9,6 +9,9 @@ Changes made through the API are written to Redis (``publish_link``) and
 announced on a pub/sub channel; every worker process drops its local copy
 when the announcement arrives. Readers fill Redis only with ``SET NX``, so
 a reader holding an old row can never overwrite what the writer set.
+
+The same subscription carries API key revocations to the worker's key
+cache (``boltlink.web.keycache``), which is trusted only while subscribed.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import orjson
 from redis import exceptions as redis_errors
 
 from boltlink import tracing
+from boltlink.apikeys import key_ack_list, key_channel
 from boltlink.metrics import CACHE_LOOKUPS, Tally
 from boltlink.models import Link
 from boltlink.store import LinkStore
+from boltlink.web.keycache import KeyCache
 
 __all__ = ["LinkResolver", "Target"]
 
@@ -96,6 +101,7 @@ class LinkResolver:
         ttl: float,
         negative_ttl: float,
         pubsub_redis: Any = None,
+        keys: KeyCache | None = None,
     ) -> None:
         self._store = store
         self._redis = redis
@@ -104,6 +110,9 @@ class LinkResolver:
         self._pubsub_redis = pubsub_redis if pubsub_redis is not None else redis
         self._prefix = prefix
         self._channel = f"{prefix}links:changed"
+        self._key_channel = key_channel(prefix)
+        #: The worker's API key cache, kept coherent by the same listener.
+        self.keys = keys if keys is not None else KeyCache(0.0, enabled=False)
         self._size = size
         self._ttl = ttl
         self._negative_ttl = negative_ttl
@@ -200,17 +209,29 @@ class LinkResolver:
 
     async def publish_link(self, code: str, link: Link | None) -> None:
         """Write a changed link to Redis and tell every worker to forget it."""
-        self.forget(code)
-        raw = Target.of(link).dumps() if link else _MISSING
+        await self.publish_links([(code, link)])
+
+    async def publish_links(self, changes: list[tuple[str, Link | None]]) -> None:
+        """Write changed links to Redis and announce them, in one round trip.
+
+        One message names every code, separated by spaces (no code holds one).
+        """
+        if not changes:
+            return
+        for code, _ in changes:
+            self.forget(code)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._key(code), raw, ex=_REDIS_TTL_SECONDS)
-                pipe.publish(self._channel, code.encode())
+                for code, link in changes:
+                    raw = Target.of(link).dumps() if link else _MISSING
+                    pipe.set(self._key(code), raw, ex=_REDIS_TTL_SECONDS)
+                codes = " ".join(code for code, _ in changes)
+                pipe.publish(self._channel, codes.encode())
                 await pipe.execute()
         except _REDIS_FAULTS as exc:
             # The change is stored; other workers see it when their local
             # copies expire (cache_ttl) and Redis's copy is rewritten.
-            logger.warning("link change for %r not announced: %s", code, exc)
+            logger.warning("link change for %r not announced: %s", changes[0][0], exc)
 
     def forget(self, code: str | None = None) -> None:
         """Drop one code (or every code) from the local cache."""
@@ -229,20 +250,52 @@ class LinkResolver:
                 if not self._channel_lost:
                     logger.warning("link change channel lost, retrying: %s", exc)
                 self._channel_lost = True
-            # Announcements may have been missed while disconnected.
+            finally:
+                # Announcements may be missed while disconnected: no key is
+                # trusted from the cache until the channel is back.
+                self.keys.listening(False)
             self.forget()
             await asyncio.sleep(1.0)
 
     async def _listen_once(self) -> None:
-        pubsub = self._pubsub_redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._pubsub_redis.pubsub()
+        channels = {self._channel.encode(), self._key_channel.encode()}
         try:
-            await pubsub.subscribe(self._channel)
-            if self._channel_lost:
-                self._channel_lost = False
-                logger.info("link change channel back")
-            self.forget()
+            await pubsub.subscribe(*channels)
             async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    self.forget(message["data"].decode(errors="replace"))
+                if message["type"] == "subscribe":
+                    # Redis's confirmation: from here on nothing is missed.
+                    channels.discard(message["channel"])
+                    if not channels:
+                        self._subscribed()
+                elif message["type"] != "message":
+                    continue
+                elif message["channel"] == self._key_channel.encode():
+                    self.keys.forget()
+                    await self._confirm_key_change(message["data"])
+                else:
+                    for code in message["data"].decode(errors="replace").split():
+                        self.forget(code)
         finally:
             await pubsub.aclose()
+
+    async def _confirm_key_change(self, data: bytes) -> None:
+        """Tell the announcer of a key change that this worker forgot its keys."""
+        _, _, token = data.decode(errors="replace").partition(" ")
+        if not token:
+            return
+        acks = key_ack_list(self._prefix, token)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(acks, b"1")
+                pipe.expire(acks, 60)
+                await pipe.execute()
+        except _REDIS_FAULTS as exc:
+            logger.warning("key change not confirmed: %s", exc)
+
+    def _subscribed(self) -> None:
+        if self._channel_lost:
+            self._channel_lost = False
+            logger.info("link change channel back")
+        self.forget()
+        self.keys.listening(True)
