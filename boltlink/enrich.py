@@ -19,9 +19,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,6 +71,9 @@ _DESKTOP_OSES = frozenset(
 )
 _MOBILE_OSES = frozenset({"iOS", "Android", "iPadOS"})
 _SALT_TTL_SECONDS = 2 * 86_400
+_DAY_MS = 86_400_000
+_EPOCH = date(1970, 1, 1)
+_DAYS_KEPT = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,27 +186,42 @@ def primary_language(accept_language: str) -> str:
     return best
 
 
+# ipaddress's rules for an octet: 0 to 255 in 1 to 3 ASCII digits, no
+# leading zero.
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_DOTTED_QUAD = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+# Referrers and Accept-Language headers repeat from click to click: ingest
+# derives each distinct value once.
+_referrer_host = functools.lru_cache(maxsize=4096)(referrer_host)
+_primary_language = functools.lru_cache(maxsize=1024)(primary_language)
+
+
+@functools.lru_cache(maxsize=4096)
+def _agent_columns(user_agent: str) -> tuple[Any, ...]:
+    # browser, browser_version, os, os_version, device, then bot (0 or 1),
+    # bot_kind, bot_name: the raw table's columns around `language`.
+    info = parse_user_agent(user_agent)
+    return (
+        info.browser,
+        info.browser_version,
+        info.os,
+        info.os_version,
+        info.device,
+        int(info.bot),
+        info.bot_kind,
+        info.bot_name,
+    )
+
+
 def truncate_ip(ip: str, mode: str) -> str:
     """Return ``ip`` cut to its /24 (IPv4) or /48 (IPv6), or '' to drop it."""
     if mode == "drop" or not ip:
         return ""
     # Most clicks come from dotted-quad IPv4: cut it as text, which ingest
     # does for every row, and leave every other form to ipaddress.
-    parts = ip.split(".")
-    if len(parts) == 4 and all(map(_is_octet, parts)):
-        return f"{parts[0]}.{parts[1]}.{parts[2]}.0"
+    if _DOTTED_QUAD.fullmatch(ip):
+        return f"{ip[: ip.rindex('.')]}.0"
     return _truncate_other(ip)
-
-
-def _is_octet(part: str) -> bool:
-    # ipaddress's rules: 1 to 3 ASCII digits, no leading zero, at most 255.
-    return (
-        0 < len(part) <= 3
-        and part.isascii()
-        and part.isdigit()
-        and (part == "0" or part[0] != "0")
-        and int(part) <= 255
-    )
 
 
 def _truncate_other(ip: str) -> str:
@@ -296,7 +316,11 @@ def _field(record: Any, name: str) -> Any:
 
 
 class Enricher:
-    """Build raw analytics rows from clicks, in ``RAW_COLUMNS`` order."""
+    """Build raw analytics rows from clicks, in ``RAW_COLUMNS`` order.
+
+    A row holds the click's time as epoch milliseconds (an ``int``), which
+    the analytics store writes as the ``DateTime64(3)`` it is.
+    """
 
     def __init__(
         self,
@@ -308,48 +332,66 @@ class Enricher:
         self._salts = salts
         self._ip_storage = ip_storage
         self._geoip = geoip
+        # Per UTC day number, a hash already fed that day's salt: a click
+        # copies it instead of asking for the salt and starting over.
+        self._hashers: dict[int, Any] = {}
 
     async def rows(self, entry_id: str, clicks: list[Click]) -> list[list[Any]]:
         """Return one row per click of one stream entry."""
-        rows = []
-        for index, click in enumerate(clicks):
-            moment = datetime.fromtimestamp(click.ts_ms / 1000, UTC)
-            salt = await self._salts.salt_for(moment.date())
-            rows.append(self._row(f"{entry_id}/{index}", click, moment, salt))
-        return rows
+        return await self.block_rows([(entry_id, clicks)])
 
-    def _row(
-        self, event_id: str, click: Click, moment: datetime, salt: bytes
-    ) -> list[Any]:
-        agent = parse_user_agent(click.user_agent)
+    async def block_rows(
+        self, entries: Sequence[tuple[str, list[Click]]]
+    ) -> list[list[Any]]:
+        """Return one row per click of each ``(event source, clicks)`` entry."""
+        await self._load_salts(entries)
+        row = self._row
+        return [
+            row(f"{source}/{index}", click)
+            for source, clicks in entries
+            for index, click in enumerate(clicks)
+        ]
+
+    async def _load_salts(self, entries: Sequence[tuple[str, list[Click]]]) -> None:
+        days = {c.ts_ms // _DAY_MS for _, clicks in entries for c in clicks}
+        for day in sorted(days.difference(self._hashers)):
+            salt = await self._salts.salt_for(_EPOCH + timedelta(days=day))
+            # The salt is the start of the hashed message (visitor_hash).
+            self._hashers[day] = hashlib.blake2b(salt, digest_size=8)
+        # Forget the oldest days, never one this batch needs.
+        for day in sorted(self._hashers.keys() - days):
+            if len(self._hashers) <= _DAYS_KEPT:
+                break
+            del self._hashers[day]
+
+    def _row(self, event_id: str, click: Click) -> list[Any]:
+        ip, user_agent = click.ip, click.user_agent
+        referrer, accept_language = click.referrer, click.accept_language
+        agent = _agent_columns(user_agent)
         country, city = click.country.upper()[:2], ""
-        if self._geoip is not None and click.ip:
-            geo_country, geo_city = self._geoip.locate(click.ip)
+        if self._geoip is not None and ip:
+            geo_country, geo_city = self._geoip.locate(ip)
             # A trusted CDN header wins; the city only when both agree.
             city = geo_city if country in ("", geo_country) else ""
             country = country or geo_country
+        digest = self._hashers[click.ts_ms // _DAY_MS].copy()
+        digest.update(f"{ip}\0{user_agent}".encode())
         return [
             event_id,
             click.link_id,
             click.code,
-            moment,
-            truncate_ip(click.ip, self._ip_storage),
-            click.user_agent,
-            click.referrer,
-            click.accept_language,
+            click.ts_ms,
+            truncate_ip(ip, self._ip_storage),
+            user_agent,
+            referrer,
+            accept_language,
             country,
             city,
-            referrer_host(click.referrer),
-            agent.browser,
-            agent.browser_version,
-            agent.os,
-            agent.os_version,
-            agent.device,
-            primary_language(click.accept_language),
-            int(agent.bot),
-            agent.bot_kind,
-            agent.bot_name,
-            visitor_hash(salt, click.ip, click.user_agent),
+            _referrer_host(referrer),
+            *agent[:5],
+            _primary_language(accept_language),
+            *agent[5:],
+            int.from_bytes(digest.digest(), "big"),
         ]
 
     def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import random
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -203,6 +205,32 @@ def test_primary_language(header: str, language: str) -> None:
 )
 def test_truncate_ip(ip: str, mode: str, stored: str) -> None:
     assert truncate_ip(ip, mode) == stored
+
+
+def _ipaddress_cut(ip: str) -> str:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False)[0])
+
+
+def test_truncate_ip_cuts_as_ipaddress_does() -> None:
+    chooser = random.Random(4)
+    octets = ["0", "7", "00", "01", "010", "99", "100", "199", "249", "255", "256"]
+    octets += ["999", "1000", "-1", "+1", " 1", "1 ", "\u0664", "\uff11", "", "a"]
+    for _ in range(20_000):
+        parts = [
+            chooser.choice(octets)
+            if chooser.random() < 0.3
+            else str(chooser.randint(0, 255))
+            for _ in range(chooser.choice([3, 4, 4, 4, 5]))
+        ]
+        ip = ".".join(parts) + chooser.choice(["", "", "", "\n", "/24", "%eth0"])
+        assert truncate_ip(ip, "truncate") == _ipaddress_cut(ip), ip
 
 
 def test_visitor_hash_depends_on_salt_ip_and_agent() -> None:

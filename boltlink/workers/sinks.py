@@ -77,11 +77,9 @@ class IngestSink:
     ) -> None:
         """Insert the batch, one deduplicated block per second of entries."""
         for block in _blocks(entries):
-            rows = []
-            for entry_id, clicks in block:
-                source = event_source(stream, entry_id)
-                rows += await self._enricher.rows(source, clicks)
-            token = dedup_token(stream, [entry_id for entry_id, _ in block])
+            sources = [(event_source(stream, key), clicks) for key, clicks in block]
+            rows = await self._enricher.block_rows(sources)
+            token = dedup_token(stream, [key for key, _ in block])
             await self._analytics.insert_rows(token, rows)
 
     def close(self) -> None:
