@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from boltlink.workers.child import CONSUMER_NICENESS
+
 # The pg_schema fixture skips a test when this is unset.
 POSTGRES_URL = os.environ.get("BOLTLINK_TEST_DATABASE_URL", "")
 pytestmark = pytest.mark.slow
@@ -319,6 +321,9 @@ def test_embedded_workers_serve_while_a_child_runs_the_consumers(
         workers -= _valkeys_in(data_dir / "valkey")
         assert len(workers) == 2
         assert not any(_holds_chdb(pid, data_dir) for pid in workers)
+        # Redirects first: the consumers run at a lower CPU priority.
+        assert {_niceness(pid) for pid in workers} == {0}
+        assert _niceness(consumers) == CONSUMER_NICENESS == 10
 
         # Killed, the child is started again; clicks made meanwhile wait in
         # the stream and are counted once it is back.
@@ -329,13 +334,20 @@ def test_embedded_workers_serve_while_a_child_runs_the_consumers(
         assert _wait_clicks(api, code, 12, timeout=20.0) == 12, server.tail()
         [again] = _consumer_processes(server)
         assert again != consumers
-        assert "consumer process pid=" in server.tail()
+        log = server.log.read_text()
+        assert f"consumer process pid={consumers} exited with code -9" in log
+        assert f"consumers started in process pid={again}" in log
 
     # Analytics are read through the new child, from both workers.
     assert _stats_clicks(server, key, code, 12) == [12] * 12
 
     assert _stop(server.process) == 0, server.tail()
     assert _wait_gone({again}, timeout=1.0) == set()
+
+
+def _niceness(pid: int) -> int:
+    # Field 19 of /proc/PID/stat, the 17th after the command name.
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
 
 
 def _holds_chdb(pid: int, data_dir: Path) -> bool:

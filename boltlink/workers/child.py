@@ -28,11 +28,13 @@ import time
 
 from boltlink.settings import Settings
 
-__all__ = ["ConsumerProcess", "main"]
+__all__ = ["CONSUMER_NICENESS", "ConsumerProcess", "main"]
 
 logger = logging.getLogger("boltlink.serve")
 
 _PR_SET_PDEATHSIG = 1
+#: How much lower the consumers' CPU priority is than the workers'.
+CONSUMER_NICENESS = 10
 #: Seconds between restarts of a child that keeps dying.
 _RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0)
 #: A child that ran this long before it died restarts without delay.
@@ -132,6 +134,10 @@ def main() -> None:
     from boltlink.logs import logging_config
 
     settings = Settings.from_env()
+    # Redirects first: when serve and its consumers want more CPU than the
+    # machine has, the consumers yield and fall behind, and the stream holds
+    # the clicks until they catch up (docs/configuration.md, "Profiles").
+    os.nice(CONSUMER_NICENESS)
     logging.config.dictConfig(
         logging_config(
             settings.log_level,
