@@ -406,6 +406,41 @@ async def test_auth_header_without_bearer_says_so(client: Any, api_key: str) -> 
     assert response.json()["detail"] == "authorization header must read 'Bearer <key>'"
 
 
+_MISSING = "missing api key: send Authorization: Bearer <key>"
+_NOT_BEARER = "authorization header must read 'Bearer <key>'"
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({"Authorization": ""}, _MISSING),
+        ({"X-Api-Key": ""}, _MISSING),
+        ({"Authorization": "Bearer "}, _NOT_BEARER),
+        ({"Authorization": "Bearer    "}, _NOT_BEARER),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, _NOT_BEARER),
+        ({"Authorization": "Bearer blk_nope"}, "unknown or revoked api key"),
+        ({"X-Api-Key": "blk_nope"}, "unknown or revoked api key"),
+    ],
+)
+async def test_auth_header_faults_name_the_fault(
+    client: Any, headers: dict[str, str], detail: str
+) -> None:
+    response = await client.get("/api/v1/links", headers=headers)
+
+    assert response.status_code == 401
+    assert response.json()["detail"] == detail
+
+
+async def test_auth_bearer_scheme_in_any_case_is_accepted(
+    client: Any, api_key: str
+) -> None:
+    response = await client.get(
+        "/api/v1/links", headers={"Authorization": f"bEaReR   {api_key} "}
+    )
+
+    assert response.status_code == 200
+
+
 @pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
 @pytest.mark.parametrize("code", ["a%00b", "a%0Ab", "caf%C3%A9", "x" * 65, "a.b"])
 async def test_link_routes_treat_odd_codes_as_not_found(

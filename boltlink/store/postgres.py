@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
@@ -141,23 +142,14 @@ class PostgresStore:
         # inserts and returns nothing. Rows go in sorted by code: two batches
         # that share codes wait on each other in one order, never deadlock.
         ordered = sorted(news, key=lambda new: (new.domain, new.code))
-        tagged = [(new, tag) for new in ordered for tag in sorted(set(new.tags))]
-        params = {
-            "domains": [new.domain for new in ordered],
-            "codes": [new.code for new in ordered],
-            "urls": [new.url for new in ordered],
-            "titles": [new.title for new in ordered],
-            "statuses": [new.redirect_status for new in ordered],
-            "expires": [_utc(new.expires_at) for new in ordered],
-            "by": [new.created_by for new in ordered],
-            "tag_domains": [new.domain for new, _ in tagged],
-            "tag_codes": [new.code for new, _ in tagged],
-            "tags": [tag for _, tag in tagged],
-        }
+        # One JSON document, not an array per column: orjson writes it in C
+        # where psycopg would dump every element of ten arrays.
+        rows = [_new_row(new, position) for position, new in enumerate(ordered)]
+        batch = orjson.dumps(rows).decode()
         async with self._connection() as conn:
-            cursor = await conn.execute(self._tables.insert_links, params)
-            rows = await cursor.fetchall()
-        created = {(row[12], row[1]): _link(row) for row in rows}
+            cursor = await conn.execute(self._tables.insert_links, (batch,))
+            inserted = await cursor.fetchall()
+        created = {(row[12], row[1]): _link(row) for row in inserted}
         return [created.get((new.domain, new.code)) for new in news]
 
     async def get_link(self, code: str, domain: str = "") -> Link | None:
@@ -423,17 +415,15 @@ class _Tables:
             f" FROM {self.links} AS l"
         )
         self.insert_links = (
-            "WITH n AS (SELECT * FROM unnest(%(domains)s::text[],"
-            " %(codes)s::text[], %(urls)s::text[], %(titles)s::text[],"
-            " %(statuses)s::integer[], %(expires)s::timestamptz[],"
-            " %(by)s::bigint[]) WITH ORDINALITY AS n(domain, code, url, title,"
-            " redirect_status, expires_at, created_by, position)),"
+            "WITH n AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS n(domain"
+            " text, code text, url text, title text, redirect_status integer,"
+            " expires_at timestamptz, created_by bigint, tags text[],"
+            " position integer)),"
             f" l AS (INSERT INTO {self.links} (domain, code, url, title,"
             " redirect_status, expires_at, created_by) SELECT domain, code, url,"
             " title, redirect_status, expires_at, created_by FROM n"
             " ORDER BY position ON CONFLICT (domain, code) DO NOTHING RETURNING *),"
-            " g AS (SELECT * FROM unnest(%(tag_domains)s::text[],"
-            " %(tag_codes)s::text[], %(tags)s::text[]) AS g(domain, code, tag)),"
+            " g AS (SELECT n.domain, n.code, unnest(n.tags) AS tag FROM n),"
             f" t AS (INSERT INTO {self.link_tags} (link_id, tag)"
             " SELECT l.id, g.tag FROM l JOIN g USING (domain, code))"
             " SELECT l.id, l.code, l.url, l.title,"
@@ -453,6 +443,21 @@ def _column_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     if "expires_at" in columns:
         columns["expires_at"] = _utc(columns["expires_at"])
     return columns
+
+
+def _new_row(new: NewLink, position: int) -> dict[str, Any]:
+    """Return one row of the JSON batch that ``insert_links`` reads."""
+    return {
+        "position": position,
+        "domain": new.domain,
+        "code": new.code,
+        "url": new.url,
+        "title": new.title,
+        "redirect_status": new.redirect_status,
+        "expires_at": _utc(new.expires_at),
+        "created_by": new.created_by,
+        "tags": sorted(set(new.tags)),
+    }
 
 
 def _check_distinct(news: Sequence[NewLink]) -> None:

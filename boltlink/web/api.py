@@ -46,31 +46,48 @@ def _runtime(request: Request) -> Runtime:
 
 async def authorize(request: Request, scope: str) -> ApiKey:
     """Return the request's API key if it holds ``scope``, else raise."""
-    if any(name.lower() in _KEY_PARAMS for name in request.query_params):
+    if request.scope["query_string"] and any(
+        name.lower() in _KEY_PARAMS for name in request.query_params
+    ):
         raise Unauthorized(
             "api keys are accepted only in the Authorization or X-Api-Key header"
         )
-    # Two credentials are one too many: which one a proxy or the app would
-    # read is a guess, so the request is refused.
-    headers = request.headers
-    if len(headers.getlist("authorization")) + len(headers.getlist("x-api-key")) > 1:
-        raise Unauthorized("send one api key, in one Authorization or X-Api-Key")
-    raw = request.headers.get("x-api-key", "")
-    authorization = request.headers.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        raw = token.strip()
-    elif authorization and not raw:
-        raise Unauthorized("authorization header must read 'Bearer <key>'")
-    if not raw:
-        raise Unauthorized("missing api key: send Authorization: Bearer <key>")
-
+    raw = _raw_key(request.scope["headers"])
     key = await _stored_key(_runtime(request), hash_key(raw))
     if key is None or key.revoked_at is not None:
         raise Unauthorized("unknown or revoked api key")
     if not key.allows(scope):
         raise Forbidden(f"api key {key.prefix!r} lacks scope {scope!r}")
     return key
+
+
+def _raw_key(headers: list[tuple[bytes, bytes]]) -> str:
+    """Return the key sent in the one credential header, else raise."""
+    # One pass over the raw headers (ASGI names them in lower case).
+    credentials = [
+        (name, value)
+        for name, value in headers
+        if name == b"authorization" or name == b"x-api-key"
+    ]
+    # Two credentials are one too many: which one a proxy or the app would
+    # read is a guess, so the request is refused.
+    if len(credentials) > 1:
+        raise Unauthorized("send one api key, in one Authorization or X-Api-Key")
+    if not credentials:
+        raise Unauthorized("missing api key: send Authorization: Bearer <key>")
+
+    name, value = credentials[0]
+    sent = value.decode("latin-1")
+    if not sent:
+        raise Unauthorized("missing api key: send Authorization: Bearer <key>")
+    if name == b"x-api-key":
+        raw = sent
+    else:
+        scheme, _, token = sent.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("authorization header must read 'Bearer <key>'")
+        raw = token.strip()
+    return raw
 
 
 async def _stored_key(runtime: Runtime, digest: str) -> ApiKey | None:

@@ -1,11 +1,12 @@
 """Create links with a group commit: concurrent creates share one insert.
 
-A create request joins the worker's queue. When no write is in flight the
-queue is written at once; requests that arrive meanwhile wait for the next
-write, which carries all of them. Each write is one ``create_links`` call
-(on Postgres one statement, so one round trip and one commit) and one Redis
-round trip that caches the new links and announces their codes. Nothing
-waits on a timer: a lone request is written as soon as it arrives.
+A create request joins the worker's queue. When fewer than ``WRITERS``
+writes are in flight the queue is written at once; requests that arrive
+while they are all busy wait for the next write, which carries all of
+them. Each write is one ``create_links`` call (on Postgres one statement,
+so one round trip and one commit) and one Redis round trip that caches the
+new links and announces their codes. Nothing waits on a timer: a lone
+request is written as soon as it arrives.
 
 Each request still hears its own outcome. Of two requests for one code in
 a batch the first is inserted and the second is told the code is taken, as
@@ -35,6 +36,9 @@ logger = logging.getLogger("boltlink.api")
 
 #: Random codes drawn for one request before it is refused.
 RANDOM_CODE_ATTEMPTS = 8
+#: Batches in flight at once: while one waits on Postgres or Redis, the
+#: next is gathered and sent, so neither round trip leaves the worker idle.
+WRITERS = 2
 
 _Outcome = Link | None | Exception
 
@@ -64,7 +68,7 @@ class LinkCreator:
         self._store = store
         self._resolver = resolver
         self._pending: list[_Request] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
 
     async def create(self, fields: dict[str, Any], created_by: int | None) -> Link:
         """Store a link of checked ``fields``; raise ``CodeTaken`` for a taken code.
@@ -76,8 +80,8 @@ class LinkCreator:
         future: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
         attempts = 1 if custom else RANDOM_CODE_ATTEMPTS
         self._pending.append(_Request(new, bool(custom), attempts - 1, future))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_queue(), name="creates")
+        if len(self._writers) < WRITERS:
+            self._writers.add(asyncio.create_task(self._write_queue(), name="creates"))
         return await future
 
     async def _write_queue(self) -> None:
@@ -95,7 +99,9 @@ class LinkCreator:
             self._fail_all(batch, _stopped())
             raise
         finally:
-            self._writer = None
+            # At once, not in a done callback: a request queued after the
+            # loop ended must find a free writer slot.
+            self._writers.discard(asyncio.current_task())
 
     def _fail_all(self, batch: list[_Request], exc: Exception) -> None:
         """Answer every request of ``batch`` and of the queue with ``exc``."""
