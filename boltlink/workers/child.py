@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 
+from boltlink.errors import BoltLinkError
 from boltlink.settings import Settings
 
 __all__ = ["CONSUMER_NICENESS", "ConsumerProcess", "main"]
@@ -161,6 +162,11 @@ def main() -> None:
 
     try:
         asyncio.run(run())
+    except BoltLinkError as exc:
+        # A backend it cannot reach or a folder another process holds: one
+        # line, then serve restarts it after a pause.
+        logging.getLogger("boltlink.serve").error("consumer process stopped: %s", exc)
+        sys.exit(1)
     finally:
         metrics.mark_stopped(settings.metrics_dir)
 
