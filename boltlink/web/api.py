@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -104,12 +103,12 @@ async def _stored_key(runtime: Runtime, digest: str) -> ApiKey | None:
     return key
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
-
-
 def render_link(link: Link, public_url: str) -> dict[str, Any]:
-    """Return the API representation of a link."""
+    """Return the API representation of a link, for ``_json`` to encode.
+
+    Timestamps stay datetimes: orjson writes them as RFC 3339 in UTC with a
+    ``Z`` (``2030-01-31T12:00:00Z``, microseconds when there are any).
+    """
     return {
         "code": link.code,
         "short_url": f"{public_url}/{link.code}",
@@ -117,16 +116,18 @@ def render_link(link: Link, public_url: str) -> dict[str, Any]:
         "title": link.title,
         "tags": list(link.tags),
         "redirect_status": link.redirect_status,
-        "expires_at": _iso(link.expires_at),
-        "created_at": _iso(link.created_at),
-        "updated_at": _iso(link.updated_at),
+        "expires_at": link.expires_at,
+        "created_at": link.created_at,
+        "updated_at": link.updated_at,
         "clicks": link.clicks,
     }
 
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json"
+        orjson.dumps(body, option=orjson.OPT_UTC_Z),
+        status_code=status,
+        media_type="application/json",
     )
 
 

@@ -215,13 +215,15 @@ class LinkResolver:
         """Write changed links to Redis and announce them, in one round trip.
 
         One message names every code, separated by spaces (no code holds one).
+        A plain pipeline, not MULTI: Redis runs one connection's commands in
+        order, so every SET lands before the announcement.
         """
         if not changes:
             return
         for code, _ in changes:
             self.forget(code)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._redis.pipeline(transaction=False) as pipe:
                 for code, link in changes:
                     raw = Target.of(link).dumps() if link else _MISSING
                     pipe.set(self._key(code), raw, ex=_REDIS_TTL_SECONDS)
