@@ -145,3 +145,38 @@ async def test_cached_key_revoked_by_the_cli_is_refused_on_next_request(
         response = await client.get("/api/v1/links", headers=headers)
         assert response.status_code == 401
         assert response.json()["code"] == "unauthorized"
+
+
+async def test_revocation_without_redis_is_stored_and_warned(
+    store: Any, store_dsn: tuple[str, str], tmp_path: Any, caplog: Any
+) -> None:
+    import socket
+
+    from boltlink.keycmds import revoke_key
+    from boltlink.settings import Settings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    dsn, schema = store_dsn
+    settings = Settings.from_env(
+        {},
+        data_dir=tmp_path / "data",
+        database_url=dsn,
+        database_schema=schema,
+        redis_url=f"redis://127.0.0.1:{closed_port}/0",
+    )
+    raw = generate_key()
+    key = await store.create_key(
+        name="k", scopes=["admin"], key_hash=hash_key(raw), prefix=key_prefix(raw)
+    )
+
+    revoked, already = await revoke_key(settings, key.id)
+
+    assert revoked is not None and revoked.revoked_at is not None
+    assert already is False
+    assert (await store.get_key(hash_key(raw))).revoked_at == revoked.revoked_at
+    [warning] = [r for r in caplog.records if r.name == "boltlink.api"]
+    assert warning.getMessage().startswith(
+        f"revocation of key {key.id} not announced, workers refuse it within 5 s:"
+    )
