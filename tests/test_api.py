@@ -523,3 +523,37 @@ async def test_create_link_stops_reading_chunked_body_over_limit(
 
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
+
+
+def _api_count(status: str, method: str = "POST") -> float:
+    from prometheus_client import REGISTRY
+
+    from boltlink import metrics
+
+    metrics.flush()
+    labels = {"route": "/api/v1/links", "method": method, "status": status}
+    return REGISTRY.get_sample_value("boltlink_api_requests_total", labels) or 0.0
+
+
+async def test_create_route_is_counted_under_its_template(
+    client: Any, auth: Any
+) -> None:
+    before = [_api_count("201"), _api_count("409"), _api_count("422")]
+
+    await _create(client, auth, url="https://example.com/", code="counted")
+    await _create(client, auth, url="https://example.com/", code="counted")
+    await _create(client, auth, url="ftp://example.com/")
+
+    after = [_api_count("201"), _api_count("409"), _api_count("422")]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("method", "status"), [("PUT", 405), ("GET", 200), ("HEAD", 200)]
+)
+async def test_links_path_other_methods_take_the_api_router(
+    client: Any, auth: Any, method: str, status: int
+) -> None:
+    response = await client.request(method, "/api/v1/links", headers=auth)
+
+    assert response.status_code == status

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Mount, Route, Router
+from starlette.routing import Match, Mount, Route, Router
+from starlette.types import Scope
 
 from boltlink import metrics
 from boltlink.backends import connect_redis, open_store
@@ -106,6 +107,7 @@ def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlet
     # request's Host header, an open redirect; /code/ is simply not found.
     api_router = Router(api.routes + stats.routes, redirect_slashes=False)
     routes: list[Any] = [
+        _create_route(),
         Route("/health", health, methods=["GET", "HEAD"]),
         Route("/ready", ready, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_view, methods=["GET"]),
@@ -119,6 +121,32 @@ def build_app(settings: Settings, jobs: Sequence[BackgroundJob] = ()) -> Starlet
     )
     app.router.redirect_slashes = False
     return app
+
+
+class _ExactRoute(Route):
+    """Match one method on one path by comparing strings, no pattern, no 405.
+
+    Anything else falls through to the routes after it, unchanged.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        """Match fully, or not at all."""
+        if (
+            scope["type"] == "http"
+            and scope["path"] == self.path
+            and scope["method"] in self.methods  # type: ignore[operator]
+        ):
+            return Match.FULL, {"endpoint": self.endpoint, "path_params": {}}
+        return Match.NONE, {}
+
+
+def _create_route() -> Route:
+    # The busiest API route skips the mount and the API router: about 6% of
+    # a create's Python time. Same endpoint, same metrics and traces (the
+    # route's path is the full template), same error handlers.
+    route = _ExactRoute("/api/v1/links", api.create_link, methods=["POST"])
+    route.app = ApiInstrumentation(route.app, "")
+    return route
 
 
 async def _shut_down(
