@@ -260,3 +260,26 @@ def _random_click(chooser: random.Random) -> Click:
         accept_language=_text(chooser, 6),
         country=chooser.choice(["", "us", "FR", "\u00e9"]),
     )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("date_time_input_format", "best_effort"),
+        ("date_time_input_format", "best_effort_us"),
+        ("session_timezone", "America/New_York"),
+    ],
+)
+async def test_ingest_times_do_not_depend_on_session_settings(
+    store: AnalyticsStore, setting: str, value: str
+) -> None:
+    store._client.set_client_setting(setting, value)
+    times = [MIN_TS_MS, MIN_TS_MS + 1, 1_741_564_799_999, MAX_TS_MS - 1]
+    clicks = [Click(1, "t", ts) for ts in times]
+    await IngestSink(store).write("s", [("t-1", clicks)])
+
+    rows = await store.query(
+        "SELECT toUnixTimestamp64Milli(ts) FROM clicks ORDER BY event_id"
+    )
+
+    assert [row[0] for row in rows] == times
