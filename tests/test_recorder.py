@@ -342,3 +342,94 @@ async def test_recorder_write_whose_reply_is_lost_counts_once(
         assert await analytics.count_clicks(link.id) == 5
     finally:
         analytics.close()
+
+
+# -- spill files: a buffer kept across a stop --------------------------------------
+
+
+async def _spill_clicks(tmp_path: Path, stream: str, count: int) -> list[Click]:
+    """Record ``count`` clicks with Redis unreachable, then stop: they spill."""
+    import redis.asyncio as aioredis
+
+    dead = aioredis.Redis(port=_free_port(), socket_connect_timeout=0.2)
+    recorder = ClickRecorder(
+        dead,
+        [stream],
+        maxlen=10_000,
+        buffer_size=1000,
+        retry_interval=0.05,
+        spill_dir=tmp_path / "spill",
+    )
+    await recorder.start()
+    clicks = [
+        Click(link_id=7, code="sp", ts_ms=_T0 + n, ip="203.0.113.9", user_agent="é")
+        for n in range(count)
+    ]
+    try:
+        for click in clicks:
+            await recorder.record(click)
+        assert recorder.buffered == count
+    finally:
+        await recorder.stop(timeout=0.2)
+        await dead.aclose()
+    return clicks
+
+
+async def test_recorder_stopped_during_an_outage_spills_and_the_next_writes_once(
+    tmp_path: Path, redis_client: Any, redis_prefix: str
+) -> None:
+    [stream] = stream_names(redis_prefix, 1)
+    clicks = await _spill_clicks(tmp_path, stream, 25)
+    [spilled] = (tmp_path / "spill").iterdir()
+    assert spilled.name.endswith(".jsonl")
+
+    for _ in range(2):  # the second start finds nothing left to write
+        recorder = ClickRecorder(
+            redis_client,
+            [stream],
+            maxlen=10_000,
+            buffer_size=10,
+            spill_dir=tmp_path / "spill",
+        )
+        await recorder.start()
+        assert recorder.buffered == 0
+        await recorder.stop()
+
+    assert await _stream_clicks(redis_client, stream) == clicks
+    assert list((tmp_path / "spill").iterdir()) == []
+
+
+async def test_recorder_takes_over_a_spill_its_dead_claimant_never_wrote(
+    tmp_path: Path, redis_client: Any, redis_prefix: str
+) -> None:
+    [stream] = stream_names(redis_prefix, 1)
+    clicks = await _spill_clicks(tmp_path, stream, 4)
+    [spilled] = (tmp_path / "spill").iterdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        # One file taken by a process that died, one by a process still
+        # running (which is left alone), plus a line that is not an entry.
+        body = spilled.read_bytes()
+        spilled.rename(spilled.with_name(f"{spilled.name}.claimed-{gone.pid}"))
+        held = tmp_path / "spill" / f"clicks-other-1.jsonl.claimed-{alive.pid}"
+        held.write_bytes(body)
+        broken = tmp_path / "spill" / "clicks-broken-2.jsonl"
+        broken.write_bytes(b'{"p": 0, "w": "x-1", "c": []}\nnot json\n')
+
+        recorder = ClickRecorder(
+            redis_client,
+            [stream],
+            maxlen=10_000,
+            buffer_size=10,
+            spill_dir=tmp_path / "spill",
+        )
+        await recorder.start()
+        await recorder.stop()
+
+        assert await _stream_clicks(redis_client, stream) == clicks
+        assert sorted(p.name for p in (tmp_path / "spill").iterdir()) == [held.name]
+    finally:
+        alive.kill()
+        alive.wait()

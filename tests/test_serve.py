@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -364,6 +365,93 @@ def _holds_chdb(pid: int, data_dir: Path) -> bool:
         except OSError:
             continue
     return False
+
+
+def _answered(url: str, times: int, timeout: float = 2.0) -> int:
+    """Ask ``url`` up to ``times`` times; return how many redirects came back."""
+    answered = 0
+    for _ in range(times):
+        try:
+            got = httpx.get(url, timeout=timeout)
+        except httpx.TransportError:
+            continue
+        answered += got.status_code == 302
+    return answered
+
+
+def _links_key(cwd: Path, settings: dict[str, str]) -> str:
+    return _boltlink(
+        cwd, settings, "keys", "create", "--name", "e2e",
+        "--scope", "links:write", "--scope", "links:read",
+    ).splitlines()[-1]  # fmt: skip
+
+
+def test_embedded_valkey_killed_is_started_again_and_no_click_is_lost(
+    tmp_path: Path, servers: _Servers
+) -> None:
+    data_dir = tmp_path / "boltlink-data"
+    settings = {"data_dir": str(data_dir), "access_log": "false"}
+    server = servers.serve("serve", settings)
+    headers = {"Authorization": f"Bearer {_links_key(tmp_path, settings)}"}
+    with httpx.Client(base_url=server.base_url, headers=headers) as api:
+        code = str(_create_link(api)["code"])
+        url = f"{server.base_url}/{code}"
+        answered = _answered(url, 20)
+        [valkey] = _valkeys_in(data_dir / "valkey")
+        os.kill(valkey, signal.SIGKILL)
+        # Answered meanwhile from the worker's cache, the clicks buffered.
+        answered += _answered(url, 30)
+        assert answered == 50
+        assert _wait_clicks(api, code, 50, timeout=20.0) == 50, server.tail()
+        [again] = _valkeys_in(data_dir / "valkey")
+        assert again != valkey
+        log = server.log.read_text()
+        assert f"embedded valkey pid={valkey} exited with code -9" in log
+        time.sleep(0.5)
+        assert _clicks(api, code) == 50
+    assert _stop(server.process) == 0, server.tail()
+    assert _wait_gone({again}, timeout=1.0) == set()
+
+
+def test_clicks_buffered_when_serve_stops_are_counted_by_the_next(
+    tmp_path: Path, servers: _Servers
+) -> None:
+    data_dir = tmp_path / "boltlink-data"
+    settings = {
+        "data_dir": str(data_dir),
+        "access_log": "false",
+        "shutdown_timeout": "3",
+    }
+    server = servers.serve("serve", settings)
+    headers = {"Authorization": f"Bearer {_links_key(tmp_path, settings)}"}
+    with httpx.Client(base_url=server.base_url, headers=headers) as api:
+        code = str(_create_link(api)["code"])
+    url = f"{server.base_url}/{code}"
+    assert _answered(url, 10) == 10
+
+    # Valkey stops answering: the worker answers from its cache and buffers
+    # the clicks, and still holds them when serve is told to stop.
+    [valkey] = _valkeys_in(data_dir / "valkey")
+    os.kill(valkey, signal.SIGSTOP)
+    try:
+        # The first waits for Redis's timeouts (about 4 s), the others not.
+        assert _answered(url, 15, timeout=15.0) == 15
+        assert _stop(server.process, timeout=30.0) == 0, server.tail()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(valkey, signal.SIGKILL)
+            os.kill(valkey, signal.SIGCONT)
+    log = server.log.read_text()
+    assert "click recorder stopped with 15 clicks unwritten, kept in" in log
+    [spilled] = (data_dir / "spill").iterdir()
+
+    again = servers.serve("again", settings)
+    with httpx.Client(base_url=again.base_url, headers=headers) as api:
+        assert _wait_clicks(api, code, 25, timeout=20.0) == 25, again.tail()
+        time.sleep(0.5)
+        assert _clicks(api, code) == 25
+    assert f"({spilled.name}.claimed-" in again.log.read_text()
+    assert list((data_dir / "spill").iterdir()) == []
 
 
 def test_killed_serve_leaves_no_process_behind(

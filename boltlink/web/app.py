@@ -60,6 +60,7 @@ async def open_runtime(settings: Settings) -> Runtime:
         stream_names(settings.redis_prefix, settings.stream_partitions),
         maxlen=settings.stream_maxlen,
         buffer_size=settings.click_buffer_size,
+        spill_dir=settings.data_dir / "spill",
     )
     await recorder.start()
     return Runtime(settings, store, redis, resolver, recorder, [pubsub_redis])
