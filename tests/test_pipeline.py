@@ -286,3 +286,59 @@ async def test_worker_logs_one_start_line_and_one_summary_at_stop(
             totals[name] += int(counts[name])
         assert {"retried", "reclaimed", "uptime_s"} <= counts.keys()
     assert totals == {"read": 3, "written": 3, "acked": 3, "dead_lettered": 0}
+
+
+async def test_ingest_reclaim_merging_a_dead_consumers_batches_counts_once(
+    redis_client: Any, settings: Any
+) -> None:
+    # Eight entries of one second. A consumer reads them in two batches of
+    # four, inserts the first and dies before acknowledging either; the
+    # reclaim hands all eight back as one batch, whose block (and token)
+    # is not the first one's.
+    analytics = AnalyticsStore(connect_clickhouse(settings))
+    analytics.migrate()
+    [stream] = stream_names(settings.redis_prefix, 1)
+    second = 1_741_500_000_000
+    sent = []
+    for n in range(8):
+        clicks = [
+            Click(21, "c", second + 10 * n + i, ip=f"203.0.113.{n}") for i in range(3)
+        ]
+        await redis_client.xadd(stream, encode_clicks(clicks, write_id=f"wr-{n}"))
+        sent.append((f"wr-{n}", clicks))
+    sink = IngestSink(analytics)
+    dead = StreamConsumer(
+        redis_client, [stream], sink=sink, consumer="dead-0",
+        prefix=settings.redis_prefix, batch_size=4, block_ms=10,
+    )  # fmt: skip
+    await dead.ensure_groups()
+    for _ in range(2):
+        await redis_client.xreadgroup("ingest", "dead-0", {stream: ">"}, count=4)
+    await sink.write(stream, sent[:4])
+
+    taker = StreamConsumer(
+        redis_client, [stream], sink=sink, consumer="taker-0",
+        prefix=settings.redis_prefix, batch_size=100, block_ms=10, claim_idle_ms=10,
+    )  # fmt: skip
+    try:
+        await asyncio.sleep(0.05)
+        assert await taker.reclaim() == 8
+        params = {"link": 21}
+        raw = await analytics.query(
+            "SELECT count() FROM clicks FINAL WHERE link_id = {link:UInt64}", params
+        )
+        hourly = await analytics.query(
+            "SELECT sum(clicks) FROM clicks_hourly WHERE link_id = {link:UInt64}",
+            params,
+        )
+        dims = await analytics.query(
+            "SELECT sum(clicks) FROM clicks_dims_hourly "
+            "WHERE link_id = {link:UInt64} AND dim = 'device'",
+            params,
+        )
+        assert (raw[0][0], hourly[0][0], dims[0][0]) == (24, 24, 24)
+        assert (taker.stats.duplicate, taker.stats.written) == (4, 4)
+        pending = await redis_client.xpending(stream, "ingest")
+        assert pending["pending"] == 0
+    finally:
+        analytics.close()
