@@ -14,6 +14,13 @@ length limit) and the server answers only peers of its own user id
 Each message is one frame: a tag byte, a 4-byte big-endian length and the
 payload. Requests and rows are JSON, with dates and times tagged so they
 come back as the same Python types.
+
+The server acknowledges a request as soon as it has read it, then sends a
+heartbeat every second while the query runs, so a client tells a holder
+that is busy (a heavy query may take many seconds) from one that is
+stopped or stuck: no acknowledgement within :data:`ANSWER_TIMEOUT`, or no
+frame for :data:`IDLE_TIMEOUT` after it, and the call fails with
+:class:`BackendUnavailable` (a 503 in the stats API) instead of waiting.
 """
 
 from __future__ import annotations
@@ -26,9 +33,9 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -36,6 +43,11 @@ from boltlink.errors import BackendUnavailable
 from boltlink.settings import Settings
 
 __all__ = [
+    "ANSWER_TIMEOUT",
+    "CONNECT_TIMEOUT",
+    "HEARTBEAT_INTERVAL",
+    "IDLE_TIMEOUT",
+    "QUERY_TIMEOUT",
     "RelayServer",
     "RelayedStore",
     "chdb_folder",
@@ -45,11 +57,25 @@ __all__ = [
 
 logger = logging.getLogger("boltlink.analytics")
 
+_T = TypeVar("_T")
+
 _HEADER = struct.Struct(">cI")
 _REQUEST, _ROWS, _CHUNK, _END, _ERROR = b"Q", b"R", b"D", b"Z", b"E"
+_ACK, _BEAT = b"A", b"H"
 _MAX_REQUEST_BYTES = 1 << 20
-_CONNECT_TIMEOUT = 1.0
-_QUERY_TIMEOUT = 30.0
+_MAX_ANSWER_BYTES = 1 << 30
+
+#: Seconds to connect: a holder whose listen backlog is full does not accept.
+CONNECT_TIMEOUT = 1.0
+#: Seconds the holder has to acknowledge a request; a live one takes
+#: milliseconds, whatever it is doing.
+ANSWER_TIMEOUT = 2.0
+#: Seconds between the holder's heartbeats while a query or export runs.
+HEARTBEAT_INTERVAL = 1.0
+#: Seconds without any frame after which a holder counts as stopped.
+IDLE_TIMEOUT = 5.0
+#: Seconds a relayed query may run in all (an export has no such bound).
+QUERY_TIMEOUT = 30.0
 
 
 def chdb_folder(settings: Settings) -> str:
@@ -130,6 +156,49 @@ async def _read(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bytes]
     return tag, await reader.readexactly(size)
 
 
+async def _read_within(
+    reader: asyncio.StreamReader, timeout: float, silence: str
+) -> tuple[bytes, bytes]:
+    """Return the next frame; raise ``BackendUnavailable`` after ``timeout``."""
+    try:
+        return await asyncio.wait_for(_read(reader, _MAX_ANSWER_BYTES), timeout)
+    except TimeoutError:
+        raise BackendUnavailable(
+            f"the process holding chDB {silence} within {timeout} s"
+        ) from None
+    except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+        raise BackendUnavailable(f"analytics relay failed: {exc!r}") from exc
+
+
+async def _acknowledged(reader: asyncio.StreamReader) -> None:
+    """Wait for the holder to acknowledge the request just sent."""
+    tag, _ = await _read_within(reader, ANSWER_TIMEOUT, "did not answer")
+    if tag != _ACK:
+        raise BackendUnavailable(f"analytics relay sent {tag!r} before its ack")
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """Return the next frame that is not a heartbeat."""
+    while True:
+        tag, payload = await _read_within(reader, IDLE_TIMEOUT, "sent nothing")
+        if tag != _BEAT:
+            return tag, payload
+
+
+async def _beating(writer: asyncio.StreamWriter, work: Awaitable[_T]) -> _T:
+    """Await ``work``, sending a heartbeat while it runs, so the peer waits."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_INTERVAL)
+            if done:
+                return task.result()
+            await _write(writer, _BEAT, b"")
+    finally:
+        # The peer went away while the work ran: nobody wants its result.
+        task.cancel()
+
+
 # -- the server, in the process that holds chDB --------------------------------
 
 
@@ -172,9 +241,11 @@ class RelayServer:
         try:
             if not _same_user(writer):
                 return
-            _, raw = await _read(reader, _MAX_REQUEST_BYTES)
+            read = _read(reader, _MAX_REQUEST_BYTES)
+            _, raw = await asyncio.wait_for(read, ANSWER_TIMEOUT)
+            await _write(writer, _ACK, b"")
             await self._answer(_loads(raw), writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         except Exception as exc:
             with contextlib.suppress(ConnectionError):
@@ -186,11 +257,14 @@ class RelayServer:
 
     async def _answer(self, request: dict[str, Any], writer: Any) -> None:
         op = request.get("op")
-        if op == "ping":
-            await self._store.ping()
+        if op == "hello":
+            await _write(writer, _ROWS, b"[]")
+        elif op == "ping":
+            await _beating(writer, self._store.ping())
             await _write(writer, _ROWS, b"[]")
         elif op == "query":
-            rows = await self._store.query(request["sql"], request["params"])
+            query = self._store.query(request["sql"], request["params"])
+            rows = await _beating(writer, query)
             await _write(writer, _ROWS, _dumps(rows))
         elif op == "export":
             await self._export(request, writer)
@@ -199,9 +273,12 @@ class RelayServer:
 
     async def _export(self, request: dict[str, Any], writer: Any) -> None:
         stream = self._store.export(request["name"], request["sql"], request["params"])
-        await stream.start()
         try:
-            async for chunk in stream.chunks():
+            await _beating(writer, stream.start())
+            # A chunk may be long in coming (a filter that matches little
+            # of a large table): the heartbeat goes on between chunks.
+            chunks = stream.chunks()
+            while chunk := await _beating(writer, anext(chunks, b"")):
                 await _write(writer, _CHUNK, chunk)
         finally:
             await stream.aclose()
@@ -235,25 +312,40 @@ class RelayedStore:
         try:
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(
-                loop.sock_connect(sock, self._address), _CONNECT_TIMEOUT
+                loop.sock_connect(sock, self._address), CONNECT_TIMEOUT
             )
             return await asyncio.open_unix_connection(sock=sock)
         except (OSError, TimeoutError) as exc:
             sock.close()
             raise BackendUnavailable(
                 "analytics on chDB are served by the process running ingest, "
-                f"and none answers: {exc}"
+                f"and none answers: {exc!r}"
             ) from exc
 
-    async def _call(self, request: dict[str, Any]) -> Any:
+    async def _send(
+        self, request: dict[str, Any]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a connection, send ``request`` and wait for its acknowledgement."""
         reader, writer = await self._open()
         try:
             await _write(writer, _REQUEST, _dumps(request))
-            tag, payload = await asyncio.wait_for(
-                _read(reader, 1 << 30), _QUERY_TIMEOUT
-            )
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            await _acknowledged(reader)
+        except OSError as exc:
+            writer.close()
             raise BackendUnavailable(f"analytics relay failed: {exc!r}") from exc
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    async def _call(self, request: dict[str, Any]) -> Any:
+        reader, writer = await self._send(request)
+        try:
+            tag, payload = await asyncio.wait_for(_answer(reader), QUERY_TIMEOUT)
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"analytics query still running after {QUERY_TIMEOUT} s, given up"
+            ) from None
         finally:
             writer.close()
         if tag == _ERROR:
@@ -268,8 +360,16 @@ class RelayedStore:
         return [tuple(row) for row in rows]
 
     async def ping(self) -> None:
-        """Check that the holder of chDB answers."""
+        """Check that the holder of chDB answers, and chDB in it."""
         await self._call({"op": "ping"})
+
+    async def ping_holder(self) -> None:
+        """Check that the holder of chDB answers, without asking chDB.
+
+        Cheap and quick even while the holder runs a long query or export,
+        which a ``SELECT 1`` would wait for: what readiness asks.
+        """
+        await self._call({"op": "hello"})
 
     async def count_clicks(self, link_id: int | None = None) -> int:
         """Return the exact number of stored clicks, of one link or of all."""
@@ -287,7 +387,12 @@ class RelayedStore:
 
 
 class RelayStream:
-    """The bytes of one relayed export, with the interface of a ByteStream."""
+    """The bytes of one relayed export, with the interface of a ByteStream.
+
+    A holder that stops sending, not even a heartbeat, for
+    :data:`IDLE_TIMEOUT` ends the stream with ``BackendUnavailable``: before
+    the first chunk that is a 503, after it the response is cut short.
+    """
 
     def __init__(self, store: RelayedStore, request: dict[str, Any]) -> None:
         self._store = store
@@ -298,16 +403,16 @@ class RelayStream:
 
     async def start(self) -> None:
         """Send the request and wait for the first chunk or the error."""
-        self._reader, self._writer = await self._store._open()
-        await _write(self._writer, _REQUEST, _dumps(self._request))
-        self._first = await self._next()
+        self._reader, self._writer = await self._store._send(self._request)
+        try:
+            self._first = await self._next()
+        except BaseException:
+            await self.aclose()
+            raise
 
     async def _next(self) -> bytes:
         assert self._reader is not None, "start() comes first"
-        try:
-            tag, payload = await _read(self._reader, 1 << 30)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            raise BackendUnavailable(f"analytics relay failed: {exc!r}") from exc
+        tag, payload = await _answer(self._reader)
         if tag == _ERROR:
             raise BackendUnavailable(f"clickhouse export failed: {payload.decode()}")
         return payload if tag == _CHUNK else b""

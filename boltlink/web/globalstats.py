@@ -6,12 +6,14 @@ else the links it created), under scope ``analytics:read``.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Send
 
 from boltlink.analytics.export import (
     FORMATS,
@@ -19,7 +21,7 @@ from boltlink.analytics.export import (
 )
 from boltlink.analytics.grouped import GROUP_KEYS, GroupQuery, grouped_counts
 from boltlink.analytics.schema import DIMENSIONS
-from boltlink.errors import ValidationFailed
+from boltlink.errors import BackendUnavailable, ValidationFailed
 from boltlink.web.api import authorize
 from boltlink.web.runtime import Runtime
 from boltlink.web.statsparams import (
@@ -37,6 +39,8 @@ from boltlink.web.statsparams import (
 )
 
 __all__ = ["routes"]
+
+logger = logging.getLogger("boltlink.api")
 
 _GROUP_PAGE = 50
 _GROUP_MAX_PAGE = 1000
@@ -167,11 +171,34 @@ async def get_export(request: Request) -> Response:
     await stream.start()
 
     filename = f"clicks-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.{fmt.suffix}"
-    return StreamingResponse(
+    return _ExportResponse(
         stream.chunks(),
         media_type=fmt.media_type,
         headers={"content-disposition": f'attachment; filename="{filename}"'},
     )
+
+
+class _ExportResponse(StreamingResponse):
+    """Stream an export; when its backend is lost midway, cut the body short."""
+
+    async def stream_response(self, send: Send) -> None:
+        """Send the chunks, and the end of the body only if all were sent."""
+        start = {"status": self.status_code, "headers": self.raw_headers}
+        await send({"type": "http.response.start", **start})
+        try:
+            async for chunk in self.body_iterator:
+                body = chunk.encode() if isinstance(chunk, str) else chunk
+                await send(
+                    {"type": "http.response.body", "body": body, "more_body": True}
+                )
+        except BackendUnavailable as exc:
+            # The 200 is sent. Returning without the body's end makes the
+            # server close the connection before the last chunk (RFC 9112
+            # section 7.1): the client sees an incomplete transfer, not a
+            # shorter file that looks whole.
+            logger.warning("analytics export cut short: %s", exc)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 routes = [
