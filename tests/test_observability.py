@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,8 +19,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from boltlink import metrics, tracing
+from boltlink import analytics, metrics, tracing
 from boltlink.analytics import AnalyticsStore
+from boltlink.analytics.relay import RelayServer, relay_address
 from boltlink.backends import connect_clickhouse
 from boltlink.clicks import stream_names
 from boltlink.logs import JsonFormatter, ProbeFilter, TextFormatter, bind_request
@@ -164,6 +166,77 @@ async def test_metrics_endpoint_serves_text_format(web: Any) -> None:
     assert response.headers["content-type"].startswith("text/plain")
     assert "boltlink_redirect_duration_seconds_bucket" in response.text
     assert 'le="0.0001"' in response.text
+
+
+# -- /ready and the analytics relay ------------------------------------------------
+# The app of ``web`` holds no chDB folder: it reads analytics through the
+# relay, as a worker of ``serve`` does.
+
+
+async def test_ready_reports_a_live_relay_holder_ok(
+    web: Any, sqlite_settings: Settings
+) -> None:
+    _, client = web
+    store = analytics.acquire(sqlite_settings)
+    folder = sqlite_settings.clickhouse_dsn.removeprefix("chdb://")
+    server = RelayServer(store, relay_address(folder))
+    await server.start()
+    try:
+        response = await client.get("/ready")
+    finally:
+        await server.close()
+        analytics.release(store)
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"store": "ok", "redis": "ok", "clickhouse": "ok"},
+        "failed": [],
+        "degraded": [],
+    }
+
+
+async def test_ready_without_a_relay_holder_is_degraded_not_failed(
+    web: Any,
+) -> None:
+    _, client = web
+
+    response = await client.get("/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "degraded",
+        "checks": {
+            "store": "ok",
+            "redis": "ok",
+            "clickhouse": "failed: BackendUnavailable",
+        },
+        "failed": [],
+        "degraded": ["clickhouse"],
+    }
+
+
+async def test_ready_with_a_stopped_relay_holder_times_out_its_check(
+    web: Any, tmp_path: Path
+) -> None:
+    _, client = web
+    # Connected from the listen backlog, never answered: a SIGSTOPped holder.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(relay_address(str(tmp_path / "chdb")))
+    listener.listen(8)
+    try:
+        response = await client.get("/ready")
+    finally:
+        listener.close()
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["checks"]["clickhouse"] == "timed out after 0.5 s"
+    assert (body["status"], body["failed"], body["degraded"]) == (
+        "degraded",
+        [],
+        ["clickhouse"],
+    )
 
 
 # -- logs -------------------------------------------------------------------------

@@ -4,8 +4,14 @@
 each within :data:`CHECK_TIMEOUT`, so it answers well within a second
 even when a dependency hangs. A check still running when the next probe
 arrives is joined, not started again, so a stuck dependency never piles
-up connections. With chDB the analytics engine lives inside the process
-that runs the consumers; it is reported as ``embedded``, not checked.
+up connections.
+
+With chDB, a process that holds the folder reports ``clickhouse`` as
+``embedded``, unchecked. A process that reads analytics through the relay
+asks the holder for a cheap acknowledgement instead, and a failure there
+is *degraded*, not *failed*: it is named in the body but ``/ready`` stays
+200, since redirects and the links API do not need analytics and taking
+the process out of a load balancer would stop them for a stats outage.
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from boltlink import metrics
+from boltlink.analytics.relay import (
+    RelayedStore,
+    chdb_folder,
+    reads_through_relay,
+    relay_address,
+)
 from boltlink.web.runtime import Runtime
 
 __all__ = ["CHECK_TIMEOUT", "Readiness", "health", "metrics_view", "ready"]
@@ -36,14 +48,22 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Answer 200 when every dependency answers, else 503 naming the failed."""
+    """Answer 200 when every needed dependency answers, else 503 naming it.
+
+    A failing optional dependency (the analytics relay) is listed under
+    ``degraded`` and leaves the status 200.
+    """
     readiness: Readiness = request.app.state.readiness
     results = await readiness.check()
-    failed = sorted(name for name, result in results.items() if not _passed(result))
+    broken = sorted(name for name, result in results.items() if not _passed(result))
+    failed = [name for name in broken if name not in readiness.optional]
+    degraded = [name for name in broken if name in readiness.optional]
+    status = "unavailable" if failed else "degraded" if degraded else "ok"
     body = {
-        "status": "unavailable" if failed else "ok",
+        "status": status,
         "checks": results,
         "failed": failed,
+        "degraded": degraded,
     }
     return Response(
         orjson.dumps(body),
@@ -59,6 +79,11 @@ async def metrics_view(request: Request) -> Response:
     return Response(body, media_type=metrics.CONTENT_TYPE_LATEST)
 
 
+def _retrieve(task: asyncio.Task[object]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _passed(result: str) -> bool:
     return result in {"ok", "embedded"}
 
@@ -71,10 +96,19 @@ class Readiness:
             "store": runtime.store.ping,
             "redis": runtime.redis.ping,
         }
-        dsn = runtime.settings.clickhouse_dsn
-        self._embedded_clickhouse = dsn.startswith("chdb:")
-        if not self._embedded_clickhouse:
+        #: Checks whose failure degrades the process rather than failing it.
+        self.optional: frozenset[str] = frozenset()
+        settings = runtime.settings
+        dsn = settings.clickhouse_dsn
+        self._embedded_clickhouse = False
+        if not dsn.startswith("chdb:"):
             self._checks["clickhouse"] = lambda: ping_clickhouse(dsn)
+        elif reads_through_relay(settings):
+            holder = RelayedStore(relay_address(chdb_folder(settings)))
+            self._checks["clickhouse"] = holder.ping_holder
+            self.optional = frozenset({"clickhouse"})
+        else:
+            self._embedded_clickhouse = True
         self._running: dict[str, asyncio.Task[object]] = {}
 
     async def check(self) -> dict[str, str]:
@@ -90,6 +124,10 @@ class Readiness:
         task = self._running.get(name)
         if task is None or task.done():
             task = asyncio.ensure_future(self._checks[name]())
+            # A check that outlives its probe and then fails is read by the
+            # next probe, or by no one: its error must not be reported as
+            # never retrieved.
+            task.add_done_callback(_retrieve)
             self._running[name] = task
         try:
             # Shielded: a probe that gives up leaves the check to finish for
