@@ -5,6 +5,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
+import sys
+import tempfile
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,7 +15,13 @@ from boltlink.errors import BackendUnavailable
 from boltlink.settings import Settings
 from boltlink.store import LinkStore, create_store
 
-__all__ = ["connect_clickhouse", "connect_redis", "open_store", "redis_url"]
+__all__ = [
+    "chdb_open_error",
+    "connect_clickhouse",
+    "connect_redis",
+    "open_store",
+    "redis_url",
+]
 
 logger = logging.getLogger("boltlink.db")
 
@@ -72,19 +81,93 @@ def connect_clickhouse(settings: Settings) -> Any:
             ) from exc
 
     folder = dsn.removeprefix("chdb://")
-    os.makedirs(folder, exist_ok=True)
-    busy = BackendUnavailable(
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise BackendUnavailable(
+            f"cannot create chDB folder {folder!r}: {_reason(exc)}"
+        ) from exc
+    if folder not in _CHDB_OPENED_HERE and _chdb_locked_elsewhere(folder):
+        raise _chdb_busy(folder)
+    client = _open_chdb(dsn, folder)
+    _CHDB_OPENED_HERE.add(folder)
+    return client
+
+
+def _open_chdb(dsn: str, folder: str) -> Any:
+    """Open chDB on ``folder``; raise one clear error if it cannot."""
+    import clickhouse_connect
+
+    # chDB prints why it cannot open a folder on stderr and raises only
+    # "Error initializing EmbeddedServer: ." (chdb 4.4): catch what it
+    # prints, to put the reason in the error, and pass the rest on.
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as printed:
+        sys.stderr.flush()
+        os.dup2(printed.fileno(), 2)
+        failure: Exception | None = None
+        try:
+            client = clickhouse_connect.get_client(dsn=dsn)
+        except Exception as exc:
+            failure = exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        printed.seek(0)
+        said = printed.read().decode(errors="replace")
+
+    if failure is None:
+        _pass_on(said)
+        return client
+    error = chdb_open_error(folder, said, str(failure))
+    _pass_on(said, but=str(error))
+    raise error from failure
+
+
+def chdb_open_error(folder: str, printed: str, raised: str) -> BackendUnavailable:
+    """Return the error for a chDB folder that did not open.
+
+    ``printed`` is what chDB wrote on stderr meanwhile, ``raised`` the text
+    of its exception; the reason is the first ClickHouse error in either.
+    The folder is "in use" only when its lock is what failed.
+    """
+    reason = _chdb_reason(printed) or _chdb_reason(raised) or raised[:300]
+    if "Cannot lock file" in reason or _chdb_locked_elsewhere(folder):
+        return _chdb_busy(folder)
+    return BackendUnavailable(f"cannot open chDB folder {folder!r}: {reason}")
+
+
+def _chdb_busy(folder: str) -> BackendUnavailable:
+    return BackendUnavailable(
         f"chDB folder {folder!r} is in use by another process (is boltlink "
         "serve running on it?); chDB allows one process per folder"
     )
-    if folder not in _CHDB_OPENED_HERE and _chdb_locked_elsewhere(folder):
-        raise busy
-    try:
-        client = clickhouse_connect.get_client(dsn=dsn)
-    except Exception as exc:
-        raise busy from exc
-    _CHDB_OPENED_HERE.add(folder)
-    return client
+
+
+# "Code: 76. DB::ErrnoException: <reason>, Stack trace ...": the reason.
+_CLICKHOUSE_ERROR = re.compile(
+    r"Code: \d+\. DB::\w*Exception: (.+?)(?:, Stack trace|$)"
+)
+
+
+def _chdb_reason(text: str) -> str:
+    """Return the reason of the first ClickHouse error in ``text``, or ''."""
+    for line in text.splitlines():
+        found = _CLICKHOUSE_ERROR.search(line)
+        if found:
+            return found.group(1).strip()[:300]
+    return ""
+
+
+def _pass_on(printed: str, but: str = "") -> None:
+    """Write what chDB printed to stderr, less lines ``but`` already carries."""
+    kept = [
+        line
+        for line in printed.splitlines(keepends=True)
+        if not (but and (reason := _chdb_reason(line)) and reason in but)
+    ]
+    if kept:
+        os.write(2, "".join(kept).encode())
 
 
 def _host_port(dsn: str) -> str:
@@ -112,9 +195,12 @@ def _chdb_locked_elsewhere(folder: str) -> bool:
     # Probe it first, so a busy folder is one clear error rather than the
     # engine's own messages; the probe lets go before chDB opens.
     path = os.path.join(folder, "status")
-    if not os.path.exists(path):
+    try:
+        status = open(path, "rb")  # noqa: SIM115
+    except OSError:
+        # Missing (a new folder), or not a file: chDB tells what is wrong.
         return False
-    with open(path, "rb") as status:
+    with status:
         try:
             fcntl.flock(status.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
