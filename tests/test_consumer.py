@@ -394,6 +394,176 @@ async def test_poison_entries_are_dead_lettered_and_replayed_once(
     ]
 
 
+# -- Overlapped writes ----------------------------------------------------------
+
+
+class OverlapSink:
+    """Write like ``inner``, slowly, letting the consumer overlap writes.
+
+    It records how many writes were in flight at once, and as violations
+    an entry in two writes at the same time or one acknowledged before its
+    write ended (the consumer would take an assertion for a failed write).
+    Writes holding a click of ``bad_link`` fail at once while ``broken``;
+    those holding one of ``slow_link`` take a second.
+    """
+
+    overlap_writes = True
+
+    def __init__(
+        self,
+        inner: Any,
+        redis: Any,
+        seconds: float,
+        bad_link: int = 0,
+        slow_link: int = 0,
+    ) -> None:
+        self.name = inner.name
+        self.inner = inner
+        self.redis = redis
+        self.seconds = seconds
+        self.bad_link = bad_link
+        self.slow_link = slow_link
+        self.broken = True
+        self.in_flight: set[str] = set()
+        self.violations: list[str] = []
+        self.most_at_once = 0
+        self.writes = 0
+        self._writing = 0
+
+    async def write(
+        self, stream: str, entries: Sequence[tuple[str, list[Click]]]
+    ) -> None:
+        keys = {key for key, _ in entries}
+        if keys & self.in_flight:
+            self.violations.append(f"in two writes at once: {keys & self.in_flight}")
+        self.in_flight |= keys
+        self._writing += 1
+        self.most_at_once = max(self.most_at_once, self._writing)
+        try:
+            if self.broken and any(
+                c.link_id == self.bad_link for _, clicks in entries for c in clicks
+            ):
+                raise ValueError(f"link {self.bad_link} breaks the sink")
+            links = {c.link_id for _, clicks in entries for c in clicks}
+            await asyncio.sleep(1.0 if self.slow_link in links else self.seconds)
+            await self.inner.write(stream, entries)
+            self.writes += 1
+            pending = await self.redis.xpending_range(
+                stream, self.name, min="-", max="+", count=10_000
+            )
+            if len(pending) < len(keys):
+                self.violations.append("acknowledged before its write ended")
+        finally:
+            self._writing -= 1
+            self.in_flight -= keys
+
+
+async def test_overlapped_writes_ack_each_batch_after_its_own_write(
+    store: Any, redis_client: Any, settings: Any, running: Any
+) -> None:
+    link_id = await _link(store, "overlap")
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    await _add(redis_client, stream, [_entry(link_id) for _ in range(50)])
+    sink = OverlapSink(AggregateSink(store), redis_client, 0.05)
+    run = running(_consumer(redis_client, settings, sink, batch_size=10))
+
+    async def counted() -> bool:
+        return await _clicks(store, "overlap") == 50
+
+    await _wait_for(counted)
+    await run.close()
+    assert sink.violations == []
+    assert sink.most_at_once == 2
+    assert (run.consumer.stats.written, run.consumer.stats.acked) == (50, 50)
+    assert (await redis_client.xpending(stream, "aggregate"))["pending"] == 0
+
+
+async def test_overlapped_failure_is_read_again_after_the_writes_in_flight(
+    store: Any, redis_client: Any, settings: Any, running: Any
+) -> None:
+    good_id, bad_id = await _link(store, "ok"), await _link(store, "ko")
+    slow_id = await _link(store, "slow")
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    links = [good_id] * 7 + [bad_id, slow_id] + [good_id] * 3
+    await _add(redis_client, stream, [_entry(link) for link in links])
+    # Batches of two: [good, bad] fails, its good half is written, and its
+    # bad half read again while the next batch, [slow, good], is still
+    # being written: that read must wait for it, not write it twice.
+    sink = OverlapSink(AggregateSink(store), redis_client, 0.05, bad_id, slow_id)
+    consumer = _consumer(
+        redis_client, settings, sink, batch_size=2, max_deliveries=20, probe=_healthy
+    )
+    run = running(consumer)
+
+    async def failed_again() -> bool:
+        return consumer.stats.retried >= 3
+
+    await _wait_for(failed_again)
+    sink.broken = False
+
+    async def counted() -> bool:
+        clicks = [await _clicks(store, code) for code in ("ok", "ko", "slow")]
+        return clicks == [10, 1, 1]
+
+    await _wait_for(counted)
+    await run.close()
+    assert sink.violations == []
+    assert sink.most_at_once == 2
+    assert consumer.stats.dead_lettered == 0
+    assert (await redis_client.xpending(stream, "aggregate"))["pending"] == 0
+
+
+async def test_stop_finishes_and_acks_both_overlapped_batches(
+    store: Any, redis_client: Any, settings: Any
+) -> None:
+    link_id = await _link(store, "stop2")
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    await _add(redis_client, stream, [_entry(link_id) for _ in range(20)])
+    sink = OverlapSink(AggregateSink(store), redis_client, 0.3)
+    consumer = _consumer(redis_client, settings, sink, batch_size=10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+
+    async def both_in_flight() -> bool:
+        return len(sink.in_flight) == 20
+
+    await _wait_for(both_in_flight)
+    stop.set()
+    await asyncio.wait_for(task, 3)
+
+    assert await _clicks(store, "stop2") == 20
+    assert sink.violations == []
+    assert consumer.stats.acked == 20
+    assert (await redis_client.xpending(stream, "aggregate"))["pending"] == 0
+
+
+async def test_cancelled_consumer_leaves_overlapped_batches_pending(
+    store: Any, redis_client: Any, settings: Any
+) -> None:
+    link_id = await _link(store, "cancel")
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    await _add(redis_client, stream, [_entry(link_id) for _ in range(20)])
+    sink = OverlapSink(AggregateSink(store), redis_client, 30.0)
+    consumer = _consumer(redis_client, settings, sink, batch_size=10)
+    task = asyncio.create_task(consumer.run(asyncio.Event()))
+
+    async def both_in_flight() -> bool:
+        return len(sink.in_flight) == 20
+
+    await _wait_for(both_in_flight)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def abandoned() -> bool:
+        return not sink.in_flight
+
+    await _wait_for(abandoned)
+    assert await _clicks(store, "cancel") == 0
+    assert consumer.stats.acked == 0
+    assert (await redis_client.xpending(stream, "aggregate"))["pending"] == 20
+
+
 # -- Graceful stop --------------------------------------------------------------
 
 
