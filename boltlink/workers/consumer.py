@@ -59,12 +59,7 @@ _MAX_REMEMBERED_ERRORS = 10_000
 
 
 class Sink(Protocol):
-    """Write decoded stream entries durably and idempotently.
-
-    A sink with a true ``overlap_writes`` attribute lets the consumer loop
-    read the next batch and start writing it while the write before is in
-    flight; each batch is still acknowledged only after its own write.
-    """
+    """Write decoded stream entries durably and idempotently."""
 
     name: str
 
@@ -184,110 +179,48 @@ class StreamConsumer:
         self._failing = False
         self._errors: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._stop: asyncio.Event | None = None
-        self._overlap = bool(getattr(sink, "overlap_writes", False))
-        # The batch still being written while the loop reads the next one.
-        self._in_flight: asyncio.Task[int] | None = None
 
     async def ensure_groups(self) -> None:
         """Create the group on every partition at id 0, streams included."""
         await create_groups(self._redis, self._streams, [self.group])
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, finishing the batches in hand."""
+        """Consume until ``stop`` is set, finishing the batch in hand."""
         self._stop = stop
         pause, retry = Backoff(), Backoff()
-        try:
-            while not stop.is_set():
-                try:
-                    await self.ensure_groups()
-                    while not stop.is_set():
-                        await self._turn(stop, retry)
-                        pause.reset()
-                    await self._settle()
-                except Exception as exc:
-                    delay = pause.delay()
-                    self._logger.warning(
-                        "%s consumer %s paused %.1f s: %s",
-                        self.group,
-                        self.consumer,
-                        delay,
-                        exc,
-                    )
-                    # Our pending entries are read again next: none may
-                    # still be in a write then.
-                    await self._settle_quietly()
-                    self._backlog = True
-                    await _sleep_or_stop(stop, delay)
-        finally:
-            # Cancelled (shutdown timeout): the write in flight is too, and
-            # its entries stay pending.
-            if self._in_flight is not None:
-                self._in_flight.cancel()
+        while not stop.is_set():
+            try:
+                await self.ensure_groups()
+                while not stop.is_set():
+                    await self._turn(stop, retry)
+                    pause.reset()
+            except Exception as exc:
+                delay = pause.delay()
+                self._logger.warning(
+                    "%s consumer %s paused %.1f s: %s",
+                    self.group,
+                    self.consumer,
+                    delay,
+                    exc,
+                )
+                self._backlog = True
+                await _sleep_or_stop(stop, delay)
 
     async def _turn(self, stop: asyncio.Event, retry: Backoff) -> None:
+        self._failing = False
         if time.monotonic() >= self._next_claim:
-            await self._settle()
             await self.reclaim()
-        if self._overlap:
-            await self._step_overlapping()
-        else:
-            await self.step()
+        await self.step()
         # Entries that failed alone wait in our pending list; give whatever
         # made them fail time to pass before their next delivery.
         if self._failing:
-            self._failing = False
             await _sleep_or_stop(stop, retry.delay())
         else:
             retry.reset()
 
-    async def _step_overlapping(self) -> None:
-        """Read and start the next batch while the one before is written.
-
-        chDB inserts without holding the GIL, so reading, decoding and
-        enriching one batch on the event loop runs beside the insert of the
-        one before. At most two batches are in hand; each is acknowledged
-        after its own write, and the pending list (``_backlog``) is read
-        only once no write is in flight, so no entry is in two writes.
-        """
-        if self._backlog:
-            await self._settle()
-            await self.step()
-            return
-        for raw_stream, entries in await self._read(backlog=False):
-            batch = asyncio.create_task(self._process(_text(raw_stream), entries, {}))
-            previous, self._in_flight = self._in_flight, batch
-            if previous is not None:
-                await previous
-
-    async def _settle(self) -> None:
-        """Wait for the batch in flight, if any; raise what it raised."""
-        batch, self._in_flight = self._in_flight, None
-        if batch is not None:
-            await batch
-
-    async def _settle_quietly(self) -> None:
-        try:
-            await self._settle()
-        except Exception as exc:
-            self._logger.warning(
-                "%s consumer %s batch failed: %s", self.group, self.consumer, exc
-            )
-
     async def step(self) -> int:
         """Read, write and acknowledge one batch; return how many entries."""
         backlog = self._backlog
-        total = 0
-        for raw_stream, entries in await self._read(backlog):
-            stream = _text(raw_stream)
-            counts = await self._counts(stream, entries) if backlog else {}
-            total += await self._process(stream, entries, counts)
-        if backlog and total == 0:
-            self._backlog = False
-        return total
-
-    async def _read(self, backlog: bool) -> list[Any]:
-        # Our pending entries (id 0) at once, or new ones waiting up to
-        # block_ms for them.
         reply = await self._redis.xreadgroup(
             self.group,
             self.consumer,
@@ -295,7 +228,14 @@ class StreamConsumer:
             count=self._batch_size,
             block=None if backlog else self._block_ms,
         )
-        return list(reply or [])
+        total = 0
+        for raw_stream, entries in reply or []:
+            stream = _text(raw_stream)
+            counts = await self._counts(stream, entries) if backlog else {}
+            total += await self._process(stream, entries, counts)
+        if backlog and total == 0:
+            self._backlog = False
+        return total
 
     async def reclaim(self) -> int:
         """Take over entries idle past the claim time; return how many."""

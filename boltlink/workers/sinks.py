@@ -50,9 +50,6 @@ class IngestSink:
     """
 
     name = "ingest"
-    # Inserts run in a thread, chDB's without the GIL: the consumer reads
-    # and enriches the next batch meanwhile (StreamConsumer).
-    overlap_writes = True
 
     def __init__(
         self, analytics: AnalyticsStore, enricher: Enricher | None = None
