@@ -63,10 +63,6 @@ class Sink(Protocol):
 
     name: str
 
-    # A sink may also answer ``async stored(stream, entries) -> set[str]``:
-    # the keys among entries delivered before that it already holds, which
-    # the consumer then acknowledges without writing them again.
-
     async def write(
         self, stream: str, entries: Sequence[tuple[str, list[Click]]]
     ) -> None:
@@ -85,7 +81,6 @@ class ConsumerStats:
     dead_lettered: int = 0
     trimmed: int = 0
     skipped: int = 0
-    duplicate: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def summary(self) -> str:
@@ -94,7 +89,7 @@ class ConsumerStats:
             f"read={self.read} written={self.written} acked={self.acked} "
             f"retried={self.retried} reclaimed={self.reclaimed} "
             f"dead_lettered={self.dead_lettered} trimmed={self.trimmed} "
-            f"skipped={self.skipped} duplicate={self.duplicate} "
+            f"skipped={self.skipped} "
             f"uptime_s={time.monotonic() - self.started:.1f}"
         )
 
@@ -289,9 +284,6 @@ class StreamConsumer:
                 done.append(entry_id)
             else:
                 good.append(delivery)
-        if counts and good:
-            # Delivered before: leave out what the sink already holds.
-            good = await self._leave_out_stored(stream, good, done)
 
         # Traced, the batch continues the trace of the redirects it carries.
         with tracing.batch_span(self.group, stream, (d.clicks for d in good)):
@@ -299,19 +291,6 @@ class StreamConsumer:
             await self._ack(stream, done + [d.entry_id for d in written])
         BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
         return len(entries)
-
-    async def _leave_out_stored(
-        self, stream: str, batch: list[_Delivery], done: list[str]
-    ) -> list[_Delivery]:
-        stored_of = getattr(self._sink, "stored", None)
-        if stored_of is None:
-            return batch
-        stored = await stored_of(stream, [(d.key, d.clicks) for d in batch])
-        if not stored:
-            return batch
-        self._count("duplicate", sum(1 for d in batch if d.key in stored))
-        done += [d.entry_id for d in batch if d.key in stored]
-        return [d for d in batch if d.key not in stored]
 
     async def _triage(
         self, stream: str, entry_id: str, fields: Mapping[bytes, bytes], deliveries: int

@@ -82,43 +82,6 @@ class IngestSink:
             token = dedup_token(stream, [key for key, _ in block])
             await self._analytics.insert_rows(token, rows)
 
-    async def stored(
-        self, stream: str, entries: Sequence[tuple[str, list[Click]]]
-    ) -> set[str]:
-        """Return the keys of ``entries`` whose rows ClickHouse already holds.
-
-        The consumer asks this of entries that may have been written before
-        (its own pending ones after a restart, and reclaimed ones), and
-        leaves those out of the write. A redelivered batch need not form
-        the blocks of its first delivery (a reclaim merges the batches of a
-        dead consumer, or cuts them elsewhere); their new tokens would let
-        ClickHouse take them again and the rollups, which are sums, would
-        count them twice. A block is inserted whole, so an entry whose first
-        click is stored is stored entirely. The lookup follows the sorting
-        key (link id, time, event id) of the first clicks.
-        """
-        if not entries:
-            return set()
-        firsts = {
-            f"{event_source(stream, key)}/0": (key, clicks[0])
-            for key, clicks in entries
-        }
-        moments = [click.ts_ms for _, click in firsts.values()]
-        rows = await self._analytics.query(
-            "SELECT DISTINCT event_id FROM clicks "
-            "WHERE link_id IN {links:Array(UInt64)} "
-            "AND ts BETWEEN fromUnixTimestamp64Milli({low:Int64}) "
-            "AND fromUnixTimestamp64Milli({high:Int64}) "
-            "AND event_id IN {ids:Array(String)}",
-            {
-                "links": sorted({click.link_id for _, click in firsts.values()}),
-                "low": min(moments),
-                "high": max(moments),
-                "ids": list(firsts),
-            },
-        )
-        return {firsts[row[0]][0] for row in rows if row[0] in firsts}
-
     def close(self) -> None:
         """Release what the enricher holds open."""
         self._enricher.close()
