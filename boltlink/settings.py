@@ -125,6 +125,9 @@ class Settings:
     negative_cache_ttl: float = 30.0
     click_buffer_size: int = 100_000
     batch_size: int = 500
+    # Ingest pays a fixed cost per ClickHouse insert (the views and the
+    # projection), so it reads larger batches than aggregate.
+    ingest_batch_size: int = 2000
     block_ms: int = 1000
     consumers: int = 1
     claim_interval: float = 5.0
@@ -249,6 +252,7 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "cache_size": (0, 100_000_000),
     "click_buffer_size": (0, 100_000_000),
     "batch_size": (1, 100_000),
+    "ingest_batch_size": (1, 100_000),
     "block_ms": (1, 60_000),
     "consumers": (1, 64),
     "claim_idle_ms": (10, 86_400_000),

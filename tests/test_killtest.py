@@ -50,6 +50,7 @@ _COMMON = {
     "access_log": "false",
     "stream_partitions": "2",
     "batch_size": "200",
+    "ingest_batch_size": "200",
     "block_ms": "200",
     "claim_idle_ms": "1000",
     "claim_interval": "0.5",

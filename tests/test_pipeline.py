@@ -269,8 +269,9 @@ async def test_worker_logs_one_start_line_and_one_summary_at_stop(
     assert (start["streams"], start["group"], start["batch_size"]) == (
         stream,
         role,
-        str(settings.batch_size),
+        str(settings.ingest_batch_size if role == "ingest" else settings.batch_size),
     )
+    assert (settings.batch_size, settings.ingest_batch_size) == (500, 2000)
     assert len(start["consumers"].split(",")) == 2
     assert start["redis"][0].isdigit()
     backend = "clickhouse" if role == "ingest" else settings.database_dsn.split(":")[0]

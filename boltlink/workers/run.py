@@ -115,6 +115,7 @@ async def run_role(
         await redis.aclose()
         raise
     streams = stream_names(settings.redis_prefix, settings.stream_partitions)
+    batch_size = settings.ingest_batch_size if role == "ingest" else settings.batch_size
     workers = [
         StreamConsumer(
             redis,
@@ -122,7 +123,7 @@ async def run_role(
             sink=sink,
             consumer=consumer_name(role, index),
             prefix=settings.redis_prefix,
-            batch_size=settings.batch_size,
+            batch_size=batch_size,
             block_ms=settings.block_ms,
             claim_idle_ms=settings.claim_idle_ms,
             claim_interval=settings.claim_interval,
@@ -139,7 +140,7 @@ async def run_role(
         ",".join(streams),
         sink.name,
         ",".join(w.consumer for w in workers),
-        settings.batch_size,
+        batch_size,
         settings.block_ms,
         settings.claim_idle_ms,
         settings.max_deliveries,
