@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import logging
 import multiprocessing
@@ -26,6 +25,7 @@ from typing import IO
 from starlette.applications import Starlette
 
 from boltlink import tracing
+from boltlink.processes import set_parent_death_signal
 from boltlink.settings import Settings
 from boltlink.web.app import build_app
 from boltlink.workers.run import ROLES, run_role
@@ -33,8 +33,6 @@ from boltlink.workers.run import ROLES, run_role
 __all__ = ["create_app", "create_worker_app", "run_pipeline"]
 
 logger = logging.getLogger("boltlink.serve")
-
-_PR_SET_PDEATHSIG = 1
 
 
 async def run_pipeline(settings: Settings, stop: asyncio.Event) -> None:
@@ -78,8 +76,7 @@ def _stop_with_parent() -> None:
     # (PR_SET_PDEATHSIG), as it sends the embedded Valkey SIGKILL.
     if not sys.platform.startswith("linux"):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    set_parent_death_signal(signal.SIGTERM)
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:
         # The parent died before the request above took effect.

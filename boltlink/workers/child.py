@@ -16,38 +16,23 @@ child only after its workers wrote their last clicks.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import logging.config
 import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 
 from boltlink.errors import BoltLinkError
+from boltlink.processes import Supervised, die_with_parent
 from boltlink.settings import Settings
 
 __all__ = ["CONSUMER_NICENESS", "ConsumerProcess", "main"]
 
 logger = logging.getLogger("boltlink.serve")
 
-_PR_SET_PDEATHSIG = 1
 #: How much lower the consumers' CPU priority is than the workers'.
 CONSUMER_NICENESS = 10
-#: Seconds between restarts of a child that keeps dying.
-_RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0)
-#: A child that ran this long before it died restarts without delay.
-_STABLE_AFTER = 30.0
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: SIGTERM, so that it still
-    # finishes its batch when serve is killed.
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ConsumerProcess:
@@ -55,77 +40,39 @@ class ConsumerProcess:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._process: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._watcher: threading.Thread | None = None
+        # Stopped with SIGTERM, it finishes its batch within the shutdown
+        # timeout; clicks a dead one had not acknowledged stay pending in
+        # the stream, and the next one reclaims them after
+        # BOLTLINK_CLAIM_IDLE_MS.
+        self._child = Supervised(
+            "consumer process",
+            self._spawn,
+            stop_timeout=settings.shutdown_timeout + 5,
+        )
 
     @property
     def pid(self) -> int | None:
         """Return the running child's process id."""
-        process = self._process
-        return process.pid if process is not None else None
+        return self._child.pid
 
     def start(self) -> None:
         """Start the child and a thread that restarts it if it dies."""
-        self._spawn()
-        self._watcher = threading.Thread(
-            target=self._watch, name="consumer-process", daemon=True
+        self._child.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "boltlink.workers.child", str(os.getpid())],
+            env={**os.environ, **self._settings.to_env()},
+            # SIGTERM, so that it still finishes its batch when serve dies.
+            preexec_fn=die_with_parent(signal.SIGTERM),
+            start_new_session=True,
         )
-        self._watcher.start()
-
-    def _spawn(self) -> None:
-        env = {**os.environ, **self._settings.to_env()}
-        with self._lock:
-            if self._stopping.is_set():
-                return
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "boltlink.workers.child", str(os.getpid())],
-                env=env,
-                preexec_fn=_die_with_parent,
-                start_new_session=True,
-            )
-        logger.info("consumers started in process pid=%d", self._process.pid)
-
-    def _watch(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            process = self._process
-            if process is None:
-                return
-            started = time.monotonic()
-            code = process.wait()
-            if self._stopping.is_set():
-                return
-            failures = 0 if time.monotonic() - started > _STABLE_AFTER else failures
-            delay = _RESTART_DELAYS[min(failures, len(_RESTART_DELAYS) - 1)]
-            failures += 1
-            # Clicks it had not acknowledged stay pending in the stream; the
-            # new child reclaims them after BOLTLINK_CLAIM_IDLE_MS.
-            logger.error(
-                "consumer process pid=%d exited with code %d; restarting in %.1f s",
-                process.pid,
-                code,
-                delay,
-            )
-            if self._stopping.wait(delay):
-                return
-            self._spawn()
+        logger.info("consumers started in process pid=%d", process.pid)
+        return process
 
     def stop(self) -> None:
         """Ask the child to finish its batch and stop; kill it if it hangs."""
-        with self._lock:
-            self._stopping.set()
-            process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(self._settings.shutdown_timeout + 5)
-        except subprocess.TimeoutExpired:
-            logger.error("consumer process pid=%d did not stop, killed", process.pid)
-            process.kill()
-            process.wait()
+        self._child.stop()
 
 
 def main() -> None:
