@@ -375,6 +375,16 @@ class _Load:
                     with self._lock:
                         self.failures.append(repr(exc))
                     return
+                except httpx.RemoteProtocolError as exc:
+                    # Accepted just as the server stopped, and closed without
+                    # an answer: like a reset, a request not served. The
+                    # exact count after the restart shows no click of it
+                    # was recorded.
+                    if "without sending a response" in repr(exc):
+                        return
+                    with self._lock:
+                        self.failures.append(repr(exc))
+                    return
                 except httpx.TransportError as exc:
                     with self._lock:
                         self.failures.append(repr(exc))
