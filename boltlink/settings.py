@@ -129,6 +129,12 @@ class Settings:
     # projection), so it reads larger batches than aggregate.
     ingest_batch_size: int = 2000
     block_ms: int = 1000
+    # After a read that did not fill a batch, a consumer waits this long
+    # before the next, so that a trickle is written in a few larger batches
+    # (one Postgres transaction, one ClickHouse insert each) rather than one
+    # per entry. A full batch is followed at once.
+    linger_ms: int = 100
+    ingest_linger_ms: int = 500
     consumers: int = 1
     claim_interval: float = 5.0
     claim_idle_ms: int = 30_000
@@ -254,6 +260,8 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "batch_size": (1, 100_000),
     "ingest_batch_size": (1, 100_000),
     "block_ms": (1, 60_000),
+    "linger_ms": (0, 60_000),
+    "ingest_linger_ms": (0, 60_000),
     "consumers": (1, 64),
     "claim_idle_ms": (10, 86_400_000),
     "max_deliveries": (1, 1000),

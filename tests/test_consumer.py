@@ -417,6 +417,54 @@ async def test_stop_finishes_and_acks_the_batch_in_hand(
     assert (await redis_client.xpending(stream, "aggregate"))["pending"] == 0
 
 
+class CountingSink:
+    """Record the size of every batch written."""
+
+    def __init__(self, inner: Any) -> None:
+        self.name = inner.name
+        self.inner = inner
+        self.batches: list[int] = []
+
+    async def write(
+        self, stream: str, entries: Sequence[tuple[str, list[Click]]]
+    ) -> None:
+        await self.inner.write(stream, entries)
+        self.batches.append(len(entries))
+
+
+async def test_full_batches_follow_at_once_and_a_trickle_lingers(
+    store: Any, redis_client: Any, settings: Any
+) -> None:
+    link_id = await _link(store, "linger")
+    stream = stream_names(settings.redis_prefix, 1)[0]
+    await _add(redis_client, stream, [_entry(link_id) for _ in range(5)])
+    sink = CountingSink(AggregateSink(store))
+    consumer = _consumer(redis_client, settings, sink, batch_size=2, linger_ms=60_000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+
+    # Two full batches read back to back, then the partial one: the backlog
+    # is drained without a pause.
+    async def drained() -> bool:
+        return sum(sink.batches) == 5
+
+    await _wait_for(drained)
+    assert sink.batches == [2, 2, 1]
+    # After the partial batch the consumer waits for more to gather: an
+    # entry added now is left in the stream, not written alone.
+    await _add(redis_client, stream, [_entry(link_id)])
+    await asyncio.sleep(0.5)
+    assert sink.batches == [2, 2, 1]
+    # The stop ends the wait at once, the entry left for the next start.
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert await _clicks(store, "linger") == 5
+    groups = await redis_client.xinfo_groups(stream)
+    assert [(g["name"], g["lag"], g["pending"]) for g in groups] == [
+        (b"aggregate", 1, 0)
+    ]
+
+
 # -- Retention ------------------------------------------------------------------
 
 

@@ -148,6 +148,7 @@ class StreamConsumer:
         prefix: str,
         batch_size: int,
         block_ms: int,
+        linger_ms: int = 0,
         claim_idle_ms: int = 30_000,
         claim_interval: float = 5.0,
         max_deliveries: int = 5,
@@ -161,6 +162,7 @@ class StreamConsumer:
         self._prefix = prefix
         self._batch_size = batch_size
         self._block_ms = block_ms
+        self._linger = linger_ms / 1000
         self._claim_idle_ms = claim_idle_ms
         self._claim_interval = claim_interval
         self._max_deliveries = max_deliveries
@@ -205,13 +207,18 @@ class StreamConsumer:
         self._failing = False
         if time.monotonic() >= self._next_claim:
             await self.reclaim()
-        await self.step()
+        read = await self.step()
         # Entries that failed alone wait in our pending list; give whatever
         # made them fail time to pass before their next delivery.
         if self._failing:
             await _sleep_or_stop(stop, retry.delay())
-        else:
-            retry.reset()
+            return
+        retry.reset()
+        if 0 < read < self._batch_size and self._linger:
+            # Caught up: let the next batch gather rather than write a few
+            # entries at a time (each batch costs a transaction or an insert
+            # whatever its size). Clicks wait in the stream, not in memory.
+            await _sleep_or_stop(stop, self._linger)
 
     async def step(self) -> int:
         """Read, write and acknowledge one batch; return how many entries."""

@@ -115,7 +115,9 @@ async def run_role(
         await redis.aclose()
         raise
     streams = stream_names(settings.redis_prefix, settings.stream_partitions)
-    batch_size = settings.ingest_batch_size if role == "ingest" else settings.batch_size
+    ingest = role == "ingest"
+    batch_size = settings.ingest_batch_size if ingest else settings.batch_size
+    linger_ms = settings.ingest_linger_ms if ingest else settings.linger_ms
     workers = [
         StreamConsumer(
             redis,
@@ -125,6 +127,7 @@ async def run_role(
             prefix=settings.redis_prefix,
             batch_size=batch_size,
             block_ms=settings.block_ms,
+            linger_ms=linger_ms,
             claim_idle_ms=settings.claim_idle_ms,
             claim_interval=settings.claim_interval,
             max_deliveries=settings.max_deliveries,
@@ -135,13 +138,14 @@ async def run_role(
     info = await _server_version(redis)
     logger.info(
         "%s started streams=%s group=%s consumers=%s batch_size=%d block_ms=%d "
-        "claim_idle_ms=%d max_deliveries=%d redis=%s %s",
+        "linger_ms=%d claim_idle_ms=%d max_deliveries=%d redis=%s %s",
         role,
         ",".join(streams),
         sink.name,
         ",".join(w.consumer for w in workers),
         batch_size,
         settings.block_ms,
+        linger_ms,
         settings.claim_idle_ms,
         settings.max_deliveries,
         info,
