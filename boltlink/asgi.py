@@ -55,19 +55,23 @@ def _try_lock(lock: IO[str]) -> bool:
     return True
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """Return the app for ``settings`` (read from the environment if None)."""
+def create_app(settings: Settings | None = None, *, worker: bool = False) -> Starlette:
+    """Return the app for ``settings`` (read from the environment if None).
+
+    ``worker``: the app is its process's only tenant (a granian worker of
+    ``boltlink serve``), which lets it tune the garbage collector for itself.
+    """
     settings = settings or Settings.from_env()
     if settings.tracing and not tracing.active:
         tracing.configure("serve")
     jobs = [run_pipeline] if settings.inprocess_workers else []
-    return build_app(settings, jobs)
+    return build_app(settings, jobs, freeze_heap=worker)
 
 
 def create_worker_app() -> Starlette:
     """Return the app of one granian worker, which stops when serve dies."""
     _stop_with_parent()
-    return create_app()
+    return create_app(worker=True)
 
 
 def _stop_with_parent() -> None:
