@@ -1,9 +1,11 @@
 """Append clicks to the click streams with a group commit.
 
-Redirects that arrive while a write is in flight wait for the next one, and
-that next write carries all of them: one pipelined round trip, one stream
-entry per partition. A redirect's response is released once the entry that
-holds its click is written, so an answered redirect is a recorded click.
+The clicks recorded during one turn of the event loop are written together
+at the end of it, one stream entry per partition, on a connection of the
+recorder's own (:class:`~boltlink.streamlink.StreamLink`) that does not wait
+for one write's reply before it sends the next. A redirect's response is
+released once the entry that holds its click is written, so an answered
+redirect is a recorded click.
 
 When Redis cannot be reached the clicks go to a bounded in-memory buffer
 and the redirect is answered anyway; the buffer is written, oldest first,
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -44,6 +47,7 @@ from redis import exceptions as redis_errors
 
 from boltlink.clicks import Click, MalformedEntry, encode_clicks, partition_of
 from boltlink.processes import pid_alive
+from boltlink.streamlink import StreamLink, pack_command
 
 __all__ = ["ClickRecorder"]
 
@@ -76,7 +80,7 @@ class _Entry:
 
 
 class ClickRecorder:
-    """Batch clicks from concurrent redirects into pipelined stream writes."""
+    """Batch the clicks of concurrent redirects into pipelined stream writes."""
 
     def __init__(
         self,
@@ -88,15 +92,17 @@ class ClickRecorder:
         retry_interval: float = 0.5,
         spill_dir: Path | None = None,
     ) -> None:
-        self._redis = redis
+        self._link = StreamLink(redis)
         self._spill_dir = spill_dir
         # Spill files this recorder took over; removed once written.
         self._claimed: list[Path] = []
         self._streams = streams
-        self._maxlen = maxlen
+        self._stream_keys = [stream.encode() for stream in streams]
+        self._maxlen = str(maxlen).encode()
         self._buffer_size = buffer_size
         self._retry_interval = retry_interval
         self._pending: list[tuple[Click, asyncio.Future[None]]] = []
+        self._flush_due = False
         # The buffer: entries that may have been written, oldest first, then
         # clicks never sent yet, which may still be packed as we like.
         self._unsure: collections.deque[_Entry] = collections.deque()
@@ -113,6 +119,8 @@ class ClickRecorder:
 
     async def start(self) -> None:
         """Take over spilled clicks, if any, and start the background writer."""
+        with contextlib.suppress(*_REDIS_FAULTS):
+            await self._link.connect()
         if self._spill_dir is not None:
             self._adopt(await asyncio.to_thread(self._claim_spills, self._spill_dir))
             # Written before the first redirect, so that they neither take
@@ -145,9 +153,13 @@ class ClickRecorder:
             # at once rather than wait for the next failed attempt.
             self._keep_unsent([click])
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._pending.append((click, future))
-        self._wakeup.set()
+        if not self._flush_due:
+            # Written once every redirect ready to run now has recorded too.
+            self._flush_due = True
+            loop.call_soon(self._flush)
         await future
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -160,7 +172,9 @@ class ClickRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-        while (self._pending or self.buffered) and time.monotonic() < deadline:
+        while (
+            self._pending or self._link.in_flight or self.buffered
+        ) and time.monotonic() < deadline:
             self._wakeup.set()
             await asyncio.sleep(0.01)
         # The flag ends the writer even if the cancellation is lost on the
@@ -171,6 +185,11 @@ class ClickRecorder:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        # Writes still unanswered fail with the link, and their entries go to
+        # the buffer with whatever was never sent.
+        self._link.close()
+        await asyncio.sleep(0)
+        self._flush()
         if not self.buffered:
             self._forget_claimed()
         elif self._spill_dir is not None:
@@ -193,36 +212,52 @@ class ClickRecorder:
         return self._unsure_clicks + len(self._unsent)
 
     async def _run(self) -> None:
+        # The writer of last resort: it opens the link again and writes the
+        # buffer, oldest first, whenever a write has failed.
         while not self._closing:
             if self.buffered:
                 await self._drain_buffer()
             await self._wakeup.wait()
             self._wakeup.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                await self._write_batch(batch)
 
-    async def _write_batch(
-        self, batch: list[tuple[Click, asyncio.Future[None]]]
-    ) -> None:
+    def _flush(self) -> None:
+        """Send the clicks recorded since the last flush, or buffer them."""
+        self._flush_due = False
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
         clicks = [click for click, _ in batch]
         # Keep order: while older clicks wait in the buffer, newer ones queue
         # behind them rather than overtake.
-        if self.buffered:
+        if self.buffered or self._closing or not self._link.ready:
             self._keep_unsent(clicks)
+            _release(batch)
+            self._wakeup.set()
+            return
+        entries = self._pack(clicks)
+        sent = self._link.send(self._payload(entries), len(entries))
+        sent.add_done_callback(functools.partial(self._written, batch, entries))
+
+    def _written(
+        self,
+        batch: list[tuple[Click, asyncio.Future[None]]],
+        entries: list[_Entry],
+        sent: asyncio.Future[None],
+    ) -> None:
+        error = sent.exception()
+        if error is None:
+            CLICKS_RECORDED.inc(len(batch))
         else:
-            entries = self._pack(clicks)
-            try:
-                await self._append(entries)
-            except _REDIS_FAULTS as exc:
-                logger.warning("click stream unavailable, buffering clicks: %s", exc)
-                self._keep_unsure(entries)
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+            if not self.buffered:
+                logger.warning("click stream unavailable, buffering clicks: %s", error)
+            self._keep_unsure(entries)
+            self._wakeup.set()
+        _release(batch)
 
     def _pack(self, clicks: list[Click]) -> list[_Entry]:
         """Return one entry per partition for ``clicks``, each with a new write id."""
+        if len(self._streams) == 1:
+            return [_Entry(0, f"{self._writer}-{next(self._writes)}", clicks)]
         by_partition: dict[int, list[Click]] = collections.defaultdict(list)
         for click in clicks:
             by_partition[partition_of(click.link_id, len(self._streams))].append(click)
@@ -231,16 +266,29 @@ class ClickRecorder:
             for partition, part in by_partition.items()
         ]
 
+    def _payload(self, entries: list[_Entry]) -> bytes:
+        """Return the ``XADD`` commands that append ``entries``."""
+        commands = []
+        for entry in entries:
+            parts = [
+                b"XADD",
+                self._stream_keys[entry.partition],
+                b"MAXLEN",
+                b"~",
+                self._maxlen,
+                b"*",
+            ]
+            for name, value in encode_clicks(
+                entry.clicks, write_id=entry.write_id
+            ).items():
+                parts += (name, value)
+            commands.append(pack_command(*parts))
+        return b"".join(commands)
+
     async def _append(self, entries: list[_Entry]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.xadd(
-                    self._streams[entry.partition],
-                    encode_clicks(entry.clicks, write_id=entry.write_id),
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
-            await pipe.execute()
+        """Write ``entries`` and wait for the replies; raise on failure."""
+        await self._link.connect()
+        await self._link.send(self._payload(entries), len(entries))
         CLICKS_RECORDED.inc(sum(len(entry.clicks) for entry in entries))
 
     def _keep_unsure(self, entries: list[_Entry]) -> None:
@@ -292,10 +340,6 @@ class ClickRecorder:
                 await self._write_oldest(chunk)
             except _REDIS_FAULTS:
                 await asyncio.sleep(self._retry_interval)
-                batch, self._pending = self._pending, []
-                if batch:
-                    await self._write_batch(batch)
-                continue
         if not self.buffered:
             self._forget_claimed()
             logger.info("click stream reachable again, buffer written")
@@ -426,3 +470,10 @@ def _read_spill(path: Path, partitions: int) -> tuple[list[_Entry], int]:
         # A changed partition count: keep the entry whole, in range.
         entries.append(_Entry(partition % partitions, write_id, clicks))
     return entries, bad
+
+
+def _release(batch: list[tuple[Click, asyncio.Future[None]]]) -> None:
+    """Let the redirects of ``batch`` answer: their clicks are written or kept."""
+    for _, future in batch:
+        if not future.done():
+            future.set_result(None)
