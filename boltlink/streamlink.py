@@ -156,6 +156,10 @@ class StreamLink:
                 batch.left -= 1
                 if batch.left == 0:
                     batches.popleft()
+                    if batch.future.done():
+                        # Its waiter was cancelled (a stopping recorder):
+                        # the reply is consumed, the link carries on.
+                        continue
                     if batch.error is None:
                         batch.future.set_result(None)
                     else:

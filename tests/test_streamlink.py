@@ -144,3 +144,22 @@ async def test_a_closed_connection_fails_what_it_holds(
             await future
     assert not link.ready
     assert await redis_client.xlen(f"{redis_prefix}s") == 0
+
+
+async def test_a_cancelled_batch_leaves_the_link_and_the_batches_after_it(
+    redis_client: Any, redis_prefix: str
+) -> None:
+    stream = f"{redis_prefix}s"
+    link = StreamLink(redis_client)
+    await link.connect()
+    try:
+        # The recorder's task cancelled while it waits for a write: the
+        # reply still comes, and must not break the connection.
+        cancelled = link.send(_xadd(stream, "a"), 1)
+        cancelled.cancel()
+        await link.send(_xadd(stream, "b"), 1)
+        assert (link.ready, link.in_flight) == (True, 0)
+    finally:
+        link.close()
+    values = [f[b"v"] for _, f in await redis_client.xrange(stream)]
+    assert values == [b"a", b"b"]
