@@ -16,7 +16,8 @@ A worker that stops while Redis is still unreachable writes its buffer to
 a spill file in ``DATA_DIR/spill`` rather than lose it; the next recorder
 to start on that folder (any worker of the next ``serve``) takes the file
 and writes its clicks to the stream, under their old write ids, before
-anything newer.
+anything newer. Redirects still answered while the recorder stops, or
+after, have their clicks spilled too, to a file of their own.
 
 A failed write may have reached Redis all the same (the reply was lost, or
 redis-py retried a command Redis had applied), and ``XADD *`` would give a
@@ -109,6 +110,9 @@ class ClickRecorder:
         self._unsure_clicks = 0
         self._unsent: collections.deque[Click] = collections.deque()
         self._closing = False
+        # Stopped: a click recorded from here on goes to a spill file at once.
+        self._stopped = False
+        self._spills = itertools.count()
         self._writer = secrets.token_hex(6)
         self._writes = itertools.count()
         self._wakeup = asyncio.Event()
@@ -148,10 +152,14 @@ class ClickRecorder:
 
     async def record(self, click: Click) -> None:
         """Queue a click and return once it is written (or buffered)."""
-        if self.buffered:
+        if self.buffered or self._closing:
             # Redis is known to be down: queue behind the buffered clicks
-            # at once rather than wait for the next failed attempt.
+            # at once rather than wait for the next failed attempt. So do
+            # the clicks of redirects that run while (or after) the recorder
+            # stops: they are spilled with the buffer.
             self._keep_unsent([click])
+            if self._stopped:
+                self._spill_late()
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -193,11 +201,14 @@ class ClickRecorder:
         if not self.buffered:
             self._forget_claimed()
         elif self._spill_dir is not None:
-            path = await asyncio.to_thread(self._spill, self._spill_dir)
+            # Taken on the loop, written in a thread: redirects that record
+            # meanwhile queue in the emptied buffer, spilled below.
+            entries = self._take_buffer()
+            path = await asyncio.to_thread(self._spill, self._spill_dir, entries)
             logger.warning(
                 "click recorder stopped with %d clicks unwritten, kept in %s for "
                 "the next start",
-                self.buffered,
+                sum(len(entry.clicks) for entry in entries),
                 path,
             )
         else:
@@ -205,6 +216,8 @@ class ClickRecorder:
                 "click recorder stopped with %d buffered clicks unwritten",
                 self.buffered,
             )
+        self._stopped = True
+        self._spill_late()
 
     @property
     def buffered(self) -> int:
@@ -373,14 +386,40 @@ class ClickRecorder:
 
     # -- spill files: the buffer kept on disk across a stop ---------------------
 
-    def _spill(self, folder: Path) -> Path:
-        """Write every buffered click to a new spill file; return its path."""
+    def _take_buffer(self) -> list[_Entry]:
+        """Empty the buffer into entries, oldest first, for a spill file."""
         self._pack_unsent(len(self._unsent))
+        entries = list(self._unsure)
+        self._unsure.clear()
+        self._unsure_clicks = 0
+        BUFFER_DEPTH.set(self.buffered)
+        return entries
+
+    def _spill_late(self) -> None:
+        # A stopped recorder writes no more: what it was given since goes to
+        # a file of its own before the redirect answers (on the loop, so that
+        # nothing slips in between).
+        if self._spill_dir is not None and self.buffered:
+            entries = self._take_buffer()
+            path = self._spill(self._spill_dir, entries)
+            logger.warning(
+                "click recorder stopped: %d clicks recorded since kept in %s",
+                sum(len(entry.clicks) for entry in entries),
+                path,
+            )
+
+    def _spill(self, folder: Path, entries: list[_Entry]) -> Path:
+        """Write ``entries`` to a new spill file; return its path.
+
+        Runs in a thread: it reads ``entries`` only, never the buffer.
+        """
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"clicks-{self._writer}-{os.getpid()}.jsonl"
+        number = next(self._spills)
+        suffix = f"-{number}" if number else ""
+        path = folder / f"clicks-{self._writer}-{os.getpid()}{suffix}.jsonl"
         partial = path.with_suffix(".partial")
         with partial.open("wb") as out:
-            for entry in self._unsure:
+            for entry in entries:
                 line = {
                     "p": entry.partition,
                     "w": entry.write_id,
