@@ -70,6 +70,9 @@ CLICKS_RECORDED = Counter(
 # failover's READONLY): the clicks wait in the buffer, never the redirect.
 _REDIS_FAULTS = (redis_errors.RedisError, OSError)
 
+#: About how many clicks one write of the buffer carries.
+_CHUNK = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
@@ -131,7 +134,7 @@ class ClickRecorder:
             # the buffer's room from new clicks nor wait behind them.
             with contextlib.suppress(*_REDIS_FAULTS):
                 while self._unsure:
-                    await self._write_oldest(1000)
+                    await self._write_oldest(_CHUNK)
             if not self.buffered:
                 self._forget_claimed()
             self._watcher = asyncio.create_task(
@@ -343,7 +346,7 @@ class ClickRecorder:
             self._dropped_since_log = 0
             self._last_drop_log = now
 
-    async def _drain_buffer(self, chunk: int = 1000) -> None:
+    async def _drain_buffer(self, chunk: int = _CHUNK) -> None:
         # Write the oldest entries first, about a chunk of clicks at a time;
         # on failure wait and try again, new clicks queueing behind.
         while self.buffered and not self._closing:
@@ -388,7 +391,10 @@ class ClickRecorder:
 
     def _take_buffer(self) -> list[_Entry]:
         """Empty the buffer into entries, oldest first, for a spill file."""
-        self._pack_unsent(len(self._unsent))
+        # Packed as the drain packs them: one entry of a whole buffer would
+        # be one command of up to hundreds of megabytes for the next start.
+        while self._unsent:
+            self._pack_unsent(_CHUNK)
         entries = list(self._unsure)
         self._unsure.clear()
         self._unsure_clicks = 0

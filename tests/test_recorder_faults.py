@@ -598,3 +598,131 @@ def test_clicks_recorded_while_and_after_the_recorder_stops_are_spilled(
     print(figures)
     assert figures["during"] > 10
     assert figures["left"] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_full_buffer_drops_exactly_the_clicks_it_counts(
+    loop: str, servers: Callable[..., _Server], tmp_path: Path
+) -> None:
+    from boltlink.recorder import BUFFER_DROPPED
+
+    server = servers("--appendonly", "yes", "--appendfsync", "always")
+    url = f"redis://127.0.0.1:{server.port}/0"
+    streams = stream_names("faults:", 3)
+    figures: dict[str, int] = {}
+
+    async def scenario() -> None:
+        client = _client(url)
+        recorder = ClickRecorder(
+            client, streams, maxlen=1_000_000, buffer_size=500, retry_interval=0.05
+        )
+        await recorder.start()
+        load = _Load(recorder, links=11)
+        dropped_before = BUFFER_DROPPED._value.get()
+        try:
+            load.start(clients=30)
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(server.kill)
+            await asyncio.sleep(0.3)
+            figures["buffered_down"] = recorder.buffered
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(0.8)
+            await load.stop()
+            await recorder.stop(timeout=2)
+            figures["left"] = recorder.buffered
+        finally:
+            await client.aclose()
+        figures["dropped"] = int(BUFFER_DROPPED._value.get() - dropped_before)
+        counts = await _stream_counts(url, streams)
+        figures["missing"] = sum(counts[c] == 0 for c in load.returned)
+        figures["twice"] = sum(n > 1 for n in counts.values())
+        assert load.errors == []
+
+    _run(loop, scenario)
+    print(figures)
+    assert figures["buffered_down"] == 500
+    assert figures["left"] == 0
+    assert figures["dropped"] > 0
+    assert (figures["missing"], figures["twice"]) == (figures["dropped"], 0)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_stop_under_load_with_redis_up_counts_each_click_once(
+    loop: str, servers: Callable[..., _Server], tmp_path: Path
+) -> None:
+    server = servers("--appendonly", "no")
+    url = f"redis://127.0.0.1:{server.port}/0"
+    streams = stream_names("faults:", 3)
+    spill = tmp_path / "spill"
+    figures: dict[str, int] = {}
+
+    async def scenario() -> None:
+        client = _client(url)
+        recorder = _recorder(client, streams, spill)
+        await recorder.start()
+        load = _Load(recorder, links=13)
+        try:
+            load.start(clients=60)
+            await asyncio.sleep(0.5)
+            # Batches in flight as stop() begins: those still unanswered when
+            # it closes the link may have been applied, and are spilled.
+            started = time.monotonic()
+            await recorder.stop(timeout=0.3)
+            figures["stop_ms"] = int((time.monotonic() - started) * 1000)
+            load._stop.set()
+            await load.stop()
+        finally:
+            await client.aclose()
+        spilled = list(spill.iterdir()) if spill.is_dir() else []
+        figures["files"] = len(spilled)
+        await _drain_spill(url, streams, spill)
+        counts = await _stream_counts(url, streams)
+        figures["returned"] = len(load.returned)
+        figures["stream_clicks"] = sum(counts.values())
+        figures["missing"] = sum(counts[c] == 0 for c in load.returned)
+        print(figures)
+        assert load.errors == []
+        _assert_exactly_once(load.returned, counts)
+
+    _run(loop, scenario)
+    assert figures["stop_ms"] < 800
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_spilled_buffer_is_written_in_entries_of_a_chunk(
+    loop: str, servers: Callable[..., _Server], tmp_path: Path
+) -> None:
+    import orjson
+
+    server = servers("--appendonly", "no")
+    url = f"redis://127.0.0.1:{server.port}/0"
+    streams = stream_names("faults:", 1)
+    spill = tmp_path / "spill"
+    figures: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        dead = _client(f"redis://127.0.0.1:{_free_port()}/0")
+        recorder = _recorder(dead, streams, spill)
+        await recorder.start()
+        load = _Load(recorder)
+        try:
+            await load.burst(2500)
+            await recorder.stop(timeout=0.1)
+        finally:
+            await dead.aclose()
+        [path] = spill.iterdir()
+        lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+        figures["spilled"] = [len(line["c"]) for line in lines]
+        await _drain_spill(url, streams, spill)
+        client = aioredis.Redis.from_url(url)
+        try:
+            figures["entries"] = [
+                len(decode_entry(f)) for _, f in await client.xrange(streams[0])
+            ]
+        finally:
+            await client.aclose()
+        _assert_exactly_once(load.returned, await _stream_counts(url, streams))
+
+    _run(loop, scenario)
+    # Never sent (the link never opened): packed a chunk at a time.
+    assert figures == {"spilled": [1000, 1000, 500], "entries": [1000, 1000, 500]}
