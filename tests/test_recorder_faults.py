@@ -726,3 +726,116 @@ def test_a_spilled_buffer_is_written_in_entries_of_a_chunk(
     _run(loop, scenario)
     # Never sent (the link never opened): packed a chunk at a time.
     assert figures == {"spilled": [1000, 1000, 500], "entries": [1000, 1000, 500]}
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_redis_flapping_while_the_buffer_drains_counts_each_click_once(
+    loop: str, servers: Callable[..., _Server], tmp_path: Path
+) -> None:
+    server = servers("--appendonly", "yes", "--appendfsync", "always")
+    url = f"redis://127.0.0.1:{server.port}/0"
+    streams = stream_names("faults:", 4)
+    figures: dict[str, int] = {"max_buffered": 0}
+
+    async def fault(recorder: ClickRecorder) -> None:
+        # Killed again while the buffer of the last outage is being written,
+        # and once while paused (writes overdue on a dead process).
+        for cycle in range(4):
+            if cycle == 2:
+                server.pause()
+                await asyncio.sleep(0.2)
+            await asyncio.to_thread(server.kill)
+            await asyncio.sleep(0.2)
+            figures["max_buffered"] = max(figures["max_buffered"], recorder.buffered)
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        figures["buffered_after"] = recorder.buffered
+
+    _run(loop, lambda: _under_load(url, streams, tmp_path / "spill", fault, figures))
+    print(figures)
+    assert figures["max_buffered"] > 0
+    assert figures["buffered_after"] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_unix_socket_link_reconnects_after_client_kill(
+    loop: str, servers: Callable[..., _Server], tmp_path: Path
+) -> None:
+    path = tmp_path / "r.sock"
+    server = servers("--appendonly", "no", "--unixsocket", str(path))
+    url = f"unix://{path}?db=2"
+    streams = stream_names("faults:", 2)
+    figures: dict[str, int] = {}
+
+    async def fault(recorder: ClickRecorder) -> None:
+        admin = aioredis.Redis(port=server.port)
+        try:
+            for _ in range(5):
+                await admin.execute_command(
+                    "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"
+                )
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            figures["buffered_after"] = recorder.buffered
+            figures["db2_keys"] = int(
+                (await admin.info("keyspace")).get("db2", {}).get("keys", 0)
+            )
+        finally:
+            await admin.aclose()
+
+    _run(loop, lambda: _under_load(url, streams, tmp_path / "spill", fault, figures))
+    print(figures)
+    assert figures["buffered_after"] == 0
+    assert figures["db2_keys"] == 2
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_tls_link_survives_client_kill_and_a_pause(
+    loop: str, servers: Callable[..., _Server], tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes"]
+    command += ["-days", "1", "-keyout", str(key), "-out", str(cert)]
+    made = subprocess.run(
+        [*command, "-subj", "/CN=127.0.0.1"],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip("openssl cannot make a certificate")
+    tls_port = _free_port()
+    server = servers(
+        "--appendonly", "no", "--tls-port", str(tls_port),
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+    )  # fmt: skip
+    url = f"rediss://127.0.0.1:{tls_port}/1?ssl_cert_reqs=none"
+    streams = stream_names("faults:", 2)
+    figures: dict[str, int] = {}
+
+    async def fault(recorder: ClickRecorder) -> None:
+        admin = aioredis.Redis(port=server.port)
+        try:
+            for _ in range(5):
+                await admin.execute_command(
+                    "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"
+                )
+                await asyncio.sleep(0.1)
+            server.pause()
+            await asyncio.sleep(2.3)
+            figures["buffered_paused"] = recorder.buffered
+            server.resume()
+            await asyncio.sleep(1.0)
+            figures["buffered_after"] = recorder.buffered
+            figures["db1_keys"] = int(
+                (await admin.info("keyspace")).get("db1", {}).get("keys", 0)
+            )
+        finally:
+            await admin.aclose()
+
+    _run(loop, lambda: _under_load(url, streams, tmp_path / "spill", fault, figures))
+    print(figures)
+    assert figures["buffered_paused"] > 0
+    assert figures["buffered_after"] == 0
+    assert figures["db1_keys"] == 2
