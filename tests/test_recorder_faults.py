@@ -34,7 +34,7 @@ from boltlink.clicks import Click, decode_entry, stream_names
 from boltlink.embedded import valkey_binary
 from boltlink.recorder import ClickRecorder
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
 
 #: A click timestamp in the range the sinks accept (2023-11-14 UTC).
 _T0 = 1_700_000_000_000
