@@ -407,10 +407,22 @@ class ClickRecorder:
         # nothing slips in between).
         if self._spill_dir is not None and self.buffered:
             entries = self._take_buffer()
-            path = self._spill(self._spill_dir, entries)
+            count = sum(len(entry.clicks) for entry in entries)
+            try:
+                path = self._spill(self._spill_dir, entries)
+            except OSError as exc:
+                # The redirect is answered all the same; the loss is counted.
+                BUFFER_DROPPED.inc(count)
+                logger.error(
+                    "click recorder stopped: %d clicks recorded since lost, "
+                    "no spill file: %s",
+                    count,
+                    exc,
+                )
+                return
             logger.warning(
                 "click recorder stopped: %d clicks recorded since kept in %s",
-                sum(len(entry.clicks) for entry in entries),
+                count,
                 path,
             )
 

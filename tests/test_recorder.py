@@ -433,3 +433,39 @@ async def test_recorder_takes_over_a_spill_its_dead_claimant_never_wrote(
     finally:
         alive.kill()
         alive.wait()
+
+
+async def test_a_click_after_stop_with_no_room_for_its_spill_is_counted_dropped(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    import redis.asyncio as aioredis
+    from prometheus_client import REGISTRY
+
+    def dropped() -> float:
+        value = REGISTRY.get_sample_value("boltlink_click_buffer_dropped_total")
+        return value or 0.0
+
+    dead = aioredis.Redis(port=_free_port(), socket_connect_timeout=0.2)
+    spill = tmp_path / "spill"
+    recorder = ClickRecorder(
+        dead,
+        stream_names(redis_prefix, 1),
+        maxlen=10_000,
+        buffer_size=100,
+        retry_interval=0.05,
+        spill_dir=spill,
+    )
+    await recorder.start()
+    await recorder.stop(timeout=0.1)
+    # The spill folder is gone and a file holds its name: no file can be
+    # written there. The redirect still answers, and the click is counted
+    # as lost instead of raising.
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.write_text("not a folder")
+    before = dropped()
+    try:
+        await recorder.record(Click(link_id=7, code="late", ts_ms=_T0))
+    finally:
+        await dead.aclose()
+    assert dropped() - before == 1
+    assert recorder.buffered == 0
