@@ -231,3 +231,35 @@ async def api_key(app: Any) -> str:
 def auth(api_key: str) -> dict[str, str]:
     """Return headers that authenticate with ``api_key``."""
     return {"Authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture
+def own_redis_servers(tmp_path: Path) -> Iterator[Any]:
+    """Return a starter of Redis servers of the test's own; all stopped after.
+
+    ``own_redis_servers(*options)`` starts a redis-server (or the embedded
+    Valkey's binary) on a free loopback port with ``--save ""`` and the
+    given options, waits until it answers and returns it
+    (``tests.own_redis.OwnRedis``).
+    """
+    import shutil
+
+    from boltlink.embedded import valkey_binary
+    from tests.own_redis import OwnRedis
+
+    binary = shutil.which("redis-server") or valkey_binary()
+    require_suite("redis", binary is not None, "no redis-server to start")
+    assert binary is not None
+    started: list[OwnRedis] = []
+
+    def start(*options: str) -> OwnRedis:
+        server = OwnRedis(binary, tmp_path / f"redis-{len(started)}", *options)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()

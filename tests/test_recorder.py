@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,11 @@ from boltlink.analytics import AnalyticsStore
 from boltlink.asgi import create_app
 from boltlink.backends import connect_clickhouse, connect_redis
 from boltlink.clicks import Click, decode_entry, stream_names
-from boltlink.embedded import valkey_binary
 from boltlink.recorder import ClickRecorder
 from boltlink.settings import Secret
 from boltlink.store import migrate
 from boltlink.workers.run import ROLES, run_role
+from tests.own_redis import OwnRedis, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -75,70 +73,16 @@ async def test_recorder_spreads_clicks_over_partitions(
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[_OwnRedis]:
+def own_redis(own_redis_servers: Any) -> OwnRedis:
     """Start a Redis server this test may stop and restart at will."""
-    from tests.conftest import require_suite
-
-    binary = shutil.which("redis-server") or valkey_binary()
-    require_suite("redis", binary is not None, "no redis-server to start")
-    assert binary is not None
-    server = _OwnRedis(binary, tmp_path / "redis", _free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class _OwnRedis:
-    """One redis-server of the test's own, append-only in its own folder."""
-
-    def __init__(self, binary: str, folder: Path, port: int) -> None:
-        self.binary, self.folder, self.port = binary, folder, port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-        folder.mkdir()
-
-    def start(self) -> None:
-        """Start the server and wait until it answers."""
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--dir", str(self.folder), "--appendonly", "yes", "--save", ""]
-        self._process = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2) as sock,
-            ):
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.02)
-        raise AssertionError("own redis-server did not start")
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM: it writes its append-only file first)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(10)
-        self._process = None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    server: OwnRedis = own_redis_servers("--appendonly", "yes")
+    return server
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_redirects_survive_redis_outage_and_every_click_counts(
-    settings: Any, own_redis: _OwnRedis
+    settings: Any, own_redis: OwnRedis
 ) -> None:
     settings = dataclasses.replace(settings, redis_url=Secret(own_redis.url))
     migrate(settings.database_dsn, schema=settings.database_schema)
@@ -351,7 +295,7 @@ async def _spill_clicks(tmp_path: Path, stream: str, count: int) -> list[Click]:
     """Record ``count`` clicks with Redis unreachable, then stop: they spill."""
     import redis.asyncio as aioredis
 
-    dead = aioredis.Redis(port=_free_port(), socket_connect_timeout=0.2)
+    dead = aioredis.Redis(port=free_port(), socket_connect_timeout=0.2)
     recorder = ClickRecorder(
         dead,
         [stream],
@@ -445,7 +389,7 @@ async def test_a_click_after_stop_with_no_room_for_its_spill_is_counted_dropped(
         value = REGISTRY.get_sample_value("boltlink_click_buffer_dropped_total")
         return value or 0.0
 
-    dead = aioredis.Redis(port=_free_port(), socket_connect_timeout=0.2)
+    dead = aioredis.Redis(port=free_port(), socket_connect_timeout=0.2)
     spill = tmp_path / "spill"
     recorder = ClickRecorder(
         dead,

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import gc
 import itertools
-import shutil
-import signal
-import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +27,8 @@ import redis.asyncio as aioredis
 import uvloop
 
 from boltlink.clicks import Click, decode_entry, stream_names
-from boltlink.embedded import valkey_binary
 from boltlink.recorder import ClickRecorder
+from tests.own_redis import OwnRedis, free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
 
@@ -40,95 +36,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
 _T0 = 1_700_000_000_000
 
 LOOPS = ["asyncio", "uvloop"]
-
-
-# -- servers of the test's own ------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class _Server:
-    """One redis-server on a free loopback port, to kill, pause and restart."""
-
-    def __init__(self, binary: str, folder: Path, *options: str) -> None:
-        self.binary, self.folder, self.options = binary, folder, options
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def start(self) -> None:
-        """Start the server (on the same port every time); wait until it answers."""
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--dir", str(self.folder), "--save", "", *self.options]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2) as sock,
-            ):
-                # An error reply (NOAUTH) is an answer too.
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16)[:1] in (b"+", b"-"):
-                    return
-            time.sleep(0.02)
-        raise AssertionError("own redis-server did not start")
-
-    def kill(self) -> None:
-        """SIGKILL the server and wait for it to be gone."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-        self.process = None
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.process = None
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[..., _Server]]:
-    """Return a factory of started servers; stop every one at the end."""
-    from tests.conftest import require_suite
-
-    binary = shutil.which("redis-server") or valkey_binary()
-    require_suite("redis", binary is not None, "no redis-server to start")
-    assert binary is not None
-    started: list[_Server] = []
-
-    def start(*options: str) -> _Server:
-        server = _Server(binary, tmp_path / f"redis-{len(started)}", *options)
-        started.append(server)
-        server.start()
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.stop()
 
 
 # -- running a scenario and counting its clicks -------------------------------------
@@ -284,11 +191,11 @@ def _client(url: str, **options: Any) -> Any:
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_redis_killed_and_restarted_under_load_loses_and_doubles_nothing(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
     # Every acknowledged write survives the SIGKILL (fsync before reply), so
     # a click missing afterwards is the recorder's.
-    server = servers("--appendonly", "yes", "--appendfsync", "always")
+    server = own_redis_servers("--appendonly", "yes", "--appendfsync", "always")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 2)
     spill = tmp_path / "spill"
@@ -370,9 +277,9 @@ async def _under_load(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_redis_paused_past_the_timeout_then_resumed_counts_each_click_once(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
-    server = servers("--appendonly", "no")
+    server = own_redis_servers("--appendonly", "no")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 2)
     figures: dict[str, int] = {}
@@ -397,9 +304,9 @@ def test_redis_paused_past_the_timeout_then_resumed_counts_each_click_once(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_client_kill_of_the_link_under_load_counts_each_click_once(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
-    server = servers("--appendonly", "no")
+    server = own_redis_servers("--appendonly", "no")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 3)
     figures: dict[str, int] = {}
@@ -430,9 +337,9 @@ def test_client_kill_of_the_link_under_load_counts_each_click_once(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_oom_error_replies_then_memory_freed_counts_each_click_once(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
-    server = servers("--appendonly", "no", "--maxmemory-policy", "noeviction")
+    server = own_redis_servers("--appendonly", "no", "--maxmemory-policy", "noeviction")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 2)
     figures: dict[str, int] = {}
@@ -465,9 +372,9 @@ def test_oom_error_replies_then_memory_freed_counts_each_click_once(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_password_and_database_hold_across_a_restart(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
-    server = servers(
+    server = own_redis_servers(
         "--appendonly", "yes", "--appendfsync", "always", "--requirepass", "s3cr:t"
     )
     url = f"redis://:s3cr%3At@127.0.0.1:{server.port}/5"
@@ -503,9 +410,9 @@ def test_password_and_database_hold_across_a_restart(
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("fault", ["pause", "pause-long", "kill"])
 def test_stop_while_writes_hang_or_redis_is_down_spills_every_click(
-    loop: str, fault: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, fault: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
-    server = servers("--appendonly", "yes", "--appendfsync", "always")
+    server = own_redis_servers("--appendonly", "yes", "--appendfsync", "always")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 2)
     spill = tmp_path / "spill"
@@ -560,9 +467,9 @@ def test_stop_while_writes_hang_or_redis_is_down_spills_every_click(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_clicks_recorded_while_and_after_the_recorder_stops_are_spilled(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
-    server = servers("--appendonly", "no")
+    server = own_redis_servers("--appendonly", "no")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 2)
     spill = tmp_path / "spill"
@@ -570,7 +477,7 @@ def test_clicks_recorded_while_and_after_the_recorder_stops_are_spilled(
 
     async def scenario() -> None:
         # Nothing listens on the recorder's port: every click is buffered.
-        dead = _client(f"redis://127.0.0.1:{_free_port()}/0")
+        dead = _client(f"redis://127.0.0.1:{free_port()}/0")
         recorder = _recorder(dead, streams, spill)
         await recorder.start()
         load = _Load(recorder, links=3)
@@ -602,11 +509,11 @@ def test_clicks_recorded_while_and_after_the_recorder_stops_are_spilled(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_full_buffer_drops_exactly_the_clicks_it_counts(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
     from boltlink.recorder import BUFFER_DROPPED
 
-    server = servers("--appendonly", "yes", "--appendfsync", "always")
+    server = own_redis_servers("--appendonly", "yes", "--appendfsync", "always")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 3)
     figures: dict[str, int] = {}
@@ -648,9 +555,9 @@ def test_a_full_buffer_drops_exactly_the_clicks_it_counts(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_stop_under_load_with_redis_up_counts_each_click_once(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
-    server = servers("--appendonly", "no")
+    server = own_redis_servers("--appendonly", "no")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 3)
     spill = tmp_path / "spill"
@@ -690,18 +597,18 @@ def test_stop_under_load_with_redis_up_counts_each_click_once(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_spilled_buffer_is_written_in_entries_of_a_chunk(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
     import orjson
 
-    server = servers("--appendonly", "no")
+    server = own_redis_servers("--appendonly", "no")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 1)
     spill = tmp_path / "spill"
     figures: dict[str, Any] = {}
 
     async def scenario() -> None:
-        dead = _client(f"redis://127.0.0.1:{_free_port()}/0")
+        dead = _client(f"redis://127.0.0.1:{free_port()}/0")
         recorder = _recorder(dead, streams, spill)
         await recorder.start()
         load = _Load(recorder)
@@ -730,9 +637,9 @@ def test_a_spilled_buffer_is_written_in_entries_of_a_chunk(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_redis_flapping_while_the_buffer_drains_counts_each_click_once(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
-    server = servers("--appendonly", "yes", "--appendfsync", "always")
+    server = own_redis_servers("--appendonly", "yes", "--appendfsync", "always")
     url = f"redis://127.0.0.1:{server.port}/0"
     streams = stream_names("faults:", 4)
     figures: dict[str, int] = {"max_buffered": 0}
@@ -760,10 +667,10 @@ def test_redis_flapping_while_the_buffer_drains_counts_each_click_once(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_unix_socket_link_reconnects_after_client_kill(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
     path = tmp_path / "r.sock"
-    server = servers("--appendonly", "no", "--unixsocket", str(path))
+    server = own_redis_servers("--appendonly", "no", "--unixsocket", str(path))
     url = f"unix://{path}?db=2"
     streams = stream_names("faults:", 2)
     figures: dict[str, int] = {}
@@ -792,7 +699,7 @@ def test_a_unix_socket_link_reconnects_after_client_kill(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_tls_link_survives_client_kill_and_a_pause(
-    loop: str, servers: Callable[..., _Server], tmp_path: Path
+    loop: str, own_redis_servers: Callable[..., OwnRedis], tmp_path: Path
 ) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes"]
@@ -804,8 +711,8 @@ def test_a_tls_link_survives_client_kill_and_a_pause(
     )
     if made.returncode != 0:
         pytest.skip("openssl cannot make a certificate")
-    tls_port = _free_port()
-    server = servers(
+    tls_port = free_port()
+    server = own_redis_servers(
         "--appendonly", "no", "--tls-port", str(tls_port),
         "--tls-cert-file", str(cert), "--tls-key-file", str(key),
         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
