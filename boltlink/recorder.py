@@ -19,9 +19,9 @@ and writes its clicks to the stream, under their old write ids, before
 anything newer. Redirects still answered while the recorder stops, or
 after, have their clicks spilled too, to a file of their own.
 
-A failed write may have reached Redis all the same (the reply was lost, or
-redis-py retried a command Redis had applied), and ``XADD *`` would give a
-second copy a new id. So every entry carries a write id of its own (field
+A failed write may have reached Redis all the same (Redis applied it and
+the reply was lost, or came after the timeout), and ``XADD *`` would give
+a second copy a new id. So every entry carries a write id of its own (field
 ``w``, unique per recorder and entry) that the sinks deduplicate on, and an
 entry that may have been written is kept and sent again unchanged, never
 repacked with other clicks.
