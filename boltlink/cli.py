@@ -148,9 +148,10 @@ def _consumer_command(role: str) -> click.Command:
                 "profile boltlink serve runs the consumers itself"
             )
         from boltlink.observe import observe_consumers
-        from boltlink.workers.run import run_role
+        from boltlink.workers.run import run_role, tune_collector
 
         observe_consumers(role, settings)
+        tune_collector()
         _run_until_signalled(lambda stop: run_role(role, settings, stop, consumers))
 
     command.__doc__ = {

@@ -80,6 +80,7 @@ def main() -> None:
     from boltlink import metrics, tracing
     from boltlink.asgi import run_pipeline
     from boltlink.logs import logging_config
+    from boltlink.workers.run import tune_collector
 
     settings = Settings.from_env()
     # Redirects first: when serve and its consumers want more CPU than the
@@ -99,6 +100,7 @@ def main() -> None:
     # ever stop this process, so it does not start.
     if len(sys.argv) > 1 and os.getppid() != int(sys.argv[1]):
         return
+    tune_collector()
 
     async def run() -> None:
         stop = asyncio.Event()

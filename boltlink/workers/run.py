@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -26,9 +27,31 @@ from boltlink.workers.consumer import Probe, Sink, StreamConsumer, create_groups
 from boltlink.workers.retention import run_dedup_pruning, run_retention
 from boltlink.workers.sinks import AggregateSink, IngestSink
 
-__all__ = ["ROLES", "run_role"]
+__all__ = ["COLLECT_EVERY", "ROLES", "run_role", "tune_collector"]
 
 ROLES = ("aggregate", "ingest")
+
+#: Allocations between two collections of the youngest generation in a
+#: consumer process (Python's default is 700).
+COLLECT_EVERY = 50_000
+
+
+def tune_collector() -> None:
+    """Set the garbage collector of a process that runs consumers.
+
+    A batch keeps tens of thousands of objects alive at once (decoded
+    clicks, their rows). With Python's default thresholds they were walked
+    again and again while the batch was built, and each batch set off full
+    collections over everything the process had loaded (the user-agent
+    rules, the clients): about 3 µs of a click's 11 µs of Python time in
+    ``ingest``. So what is alive at start is frozen out of the collector's
+    sight, and the young generation is collected every
+    :data:`COLLECT_EVERY` allocations. The batch's objects are freed by
+    their reference counts either way; the collector only looks for cycles.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(COLLECT_EVERY, 20, 10)
 
 
 def consumer_name(role: str, index: int) -> str:
