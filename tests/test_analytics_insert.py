@@ -283,3 +283,25 @@ async def test_ingest_times_do_not_depend_on_session_settings(
     )
 
     assert [row[0] for row in rows] == times
+
+
+async def test_ingest_stores_every_millisecond_exactly(store: AnalyticsStore) -> None:
+    # Times go to ClickHouse as seconds with a fraction: each must come back
+    # to the millisecond, at both ends of the range, whole seconds and
+    # fractions a double cannot hold exactly (0.001, 0.005, 0.999) included.
+    chooser = random.Random(4)
+    times = [MIN_TS_MS, MAX_TS_MS - 1, 1_733_300_000_000, 1_733_300_000_005]
+    times += [s * 1000 + ms for s in (946_684_800, 1_733_300_000) for ms in (1, 999)]
+    times += [1_733_300_000_000 + ms for ms in range(1_000)]
+    # Random hours across the range (one block holds at most 100 months),
+    # a hundred random milliseconds in each.
+    for _ in range(50):
+        hour = chooser.randint(MIN_TS_MS, MAX_TS_MS - 3_600_001)
+        times += [hour + chooser.randint(0, 3_600_000) for _ in range(100)]
+    await IngestSink(store).write("s", [("m-1", [Click(1, "t", ts) for ts in times])])
+
+    rows = await store.query(
+        "SELECT toUnixTimestamp64Milli(ts) FROM clicks ORDER BY ts"
+    )
+
+    assert [row[0] for row in rows] == sorted(times)

@@ -98,12 +98,15 @@ def _json_columns(rows: list[list[Any]]) -> bytes:
 
     JSON strings hold any text exactly (orjson writes UTF-8 and escapes
     quotes, backslashes and control characters), integers are exact up to
-    2^64 - 1, and ``ts`` is sent as the text ``<seconds>.<milliseconds>``,
+    2^64 - 1, and ``ts`` is sent as the number ``<seconds>.<milliseconds>``,
     which ClickHouse reads into ``DateTime64(3)`` digit for digit, with no
-    time zone involved.
+    time zone involved. The number is ``ms / 1000``: a double whose
+    shortest form (what orjson writes) is those digits, since every time a
+    click may carry has at most 13 significant digits and doubles keep 15;
+    a tenth of the cost of formatting the text in Python.
     """
     columns: list[Any] = list(zip(*rows, strict=True))
-    columns[_TS] = [f"{ms // 1000}.{ms % 1000:03d}" for ms in columns[_TS]]
+    columns[_TS] = [ms / 1000 for ms in columns[_TS]]
     return orjson.dumps(columns)
 
 
