@@ -305,3 +305,19 @@ async def test_ingest_stores_every_millisecond_exactly(store: AnalyticsStore) ->
     )
 
     assert [row[0] for row in rows] == sorted(times)
+
+
+async def test_a_block_of_mismatched_columns_is_refused_whole(
+    store: AnalyticsStore,
+) -> None:
+    columns = await Enricher(DaySalts()).block_columns(
+        [("c-1", [Click(1, "a", MIN_TS_MS), Click(2, "b", MIN_TS_MS)])]
+    )
+    short = [*columns[:-1], columns[-1][:1]]
+
+    with pytest.raises(ValueError, match="different lengths"):
+        await store.insert_columns("t", short)
+    with pytest.raises(ValueError, match="20 columns for 21"):
+        await store.insert_columns("t", columns[:-1])
+    assert await store.insert_columns("t", columns) == 2
+    assert await store.count_clicks() == 2

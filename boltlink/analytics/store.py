@@ -93,8 +93,8 @@ async def count_clicks(reader: AnalyticsReader, link_id: int | None = None) -> i
     return int(rows[0][0])
 
 
-def _json_columns(rows: list[list[Any]]) -> bytes:
-    """Return ``rows`` as ClickHouse's ``JSONCompactColumns``: one array a column.
+def _json_columns(columns: Sequence[Sequence[Any]]) -> bytes:
+    """Return ``columns`` as ClickHouse's ``JSONCompactColumns``: one array each.
 
     JSON strings hold any text exactly (orjson writes UTF-8 and escapes
     quotes, backslashes and control characters), integers are exact up to
@@ -105,9 +105,9 @@ def _json_columns(rows: list[list[Any]]) -> bytes:
     click may carry has at most 13 significant digits and doubles keep 15;
     a tenth of the cost of formatting the text in Python.
     """
-    columns: list[Any] = list(zip(*rows, strict=True))
-    columns[_TS] = [ms / 1000 for ms in columns[_TS]]
-    return orjson.dumps(columns)
+    encoded = list(columns)
+    encoded[_TS] = [ms / 1000 for ms in columns[_TS]]
+    return orjson.dumps(encoded)
 
 
 def dedup_token(stream: str, entry_ids: Sequence[str]) -> str:
@@ -181,12 +181,27 @@ class AnalyticsStore:
         except Exception as exc:
             raise BackendUnavailable(f"clickhouse call failed: {exc}") from exc
 
-    async def insert_rows(self, token: str, rows: list[list[Any]]) -> int:
+    async def insert_rows(self, token: str, rows: Sequence[Sequence[Any]]) -> int:
         """Insert one block of raw rows under ``token``; return the row count.
 
         Rows are in ``RAW_COLUMNS`` order, ``ts`` as epoch milliseconds.
         """
         if not rows:
+            return 0
+        return await self.insert_columns(token, list(zip(*rows, strict=True)))
+
+    async def insert_columns(self, token: str, columns: Sequence[Sequence[Any]]) -> int:
+        """Insert one block of columns under ``token``; return the row count.
+
+        One sequence per column of ``RAW_COLUMNS``, in its order, all of one
+        length; ``ts`` as epoch milliseconds.
+        """
+        if len(columns) != len(COLUMN_NAMES):
+            raise ValueError(f"{len(columns)} columns for {len(COLUMN_NAMES)}")
+        count = len(columns[0])
+        if any(len(column) != count for column in columns):
+            raise ValueError("columns of different lengths")
+        if not count:
             return 0
         settings: dict[str, Any] = {
             **_INSERT_SETTINGS,
@@ -194,10 +209,12 @@ class AnalyticsStore:
         }
         if self.schema.cluster:
             settings.update(_CLUSTER_INSERT_SETTINGS)
-        await self._call(self._insert_encoded, rows, settings)
-        return len(rows)
+        await self._call(self._insert_encoded, columns, settings)
+        return count
 
-    def _insert_encoded(self, rows: list[list[Any]], settings: dict[str, Any]) -> None:
+    def _insert_encoded(
+        self, columns: Sequence[Sequence[Any]], settings: dict[str, Any]
+    ) -> None:
         # The block goes as bytes ClickHouse parses itself (C++, without
         # the GIL in chDB), not as Python values clickhouse-connect would
         # encode to Native in Python: the same raw_insert for a server
@@ -205,7 +222,7 @@ class AnalyticsStore:
         self._client.raw_insert(
             "clicks",
             COLUMN_NAMES,
-            _json_columns(rows),
+            _json_columns(columns),
             settings=settings,
             fmt="JSONCompactColumns",
         )

@@ -78,9 +78,9 @@ class IngestSink:
         """Insert the batch, one deduplicated block per second of entries."""
         for block in _blocks(entries):
             sources = [(event_source(stream, key), clicks) for key, clicks in block]
-            rows = await self._enricher.block_rows(sources)
+            columns = await self._enricher.block_columns(sources)
             token = dedup_token(stream, [key for key, _ in block])
-            await self._analytics.insert_rows(token, rows)
+            await self._analytics.insert_columns(token, columns)
 
     def close(self) -> None:
         """Release what the enricher holds open."""
