@@ -1,0 +1,166 @@
+"""Defects found by poking a running BoltLink over HTTP, one test each.
+
+Every test here asserts the right answer and is marked ``xfail(strict=True)``
+until the product is fixed, so the suite stays green and a fix shows up as
+an unexpected pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from boltlink.analytics import AnalyticsStore
+from boltlink.backends import connect_clickhouse
+from boltlink.workers.run import run_role
+
+pytestmark = pytest.mark.redis
+
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+)
+
+
+async def _wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an ASCII host with an xn-- label skips IDNA checks: invalid "
+    "punycode that no browser can open is stored and redirected to",
+)
+@pytest.mark.parametrize(
+    "url", ["https://xn--a.example/", "https://xn--/", "https://xn--zz-.example/"]
+)
+async def test_destination_with_invalid_punycode_label_is_refused(
+    client: Any, auth: Any, url: str
+) -> None:
+    response = await client.post("/api/v1/links", json={"url": url}, headers=auth)
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "invalid_url"
+    assert response.json()["field"] == "url"
+    listing = await client.get("/api/v1/links", headers=auth)
+    assert listing.json()["items"] == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="decode_cursor takes any str.isdigit() digit (Arabic-Indic, "
+    "fullwidth) that int() reads, so cursors BoltLink never handed out pass",
+)
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _cursor("id:\u0663"),  # ARABIC-INDIC DIGIT THREE: int() reads 3
+        _cursor("id:\u0661\u0660"),  # "10" in Arabic-Indic digits
+        _cursor("id:\uff17"),  # FULLWIDTH DIGIT SEVEN
+    ],
+)
+async def test_list_links_refuses_cursor_it_did_not_hand_out(
+    client: Any, auth: Any, cursor: str
+) -> None:
+    response = await client.get(
+        "/api/v1/links", params={"cursor": cursor}, headers=auth
+    )
+
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["field"] == "cursor"
+
+
+def _loads_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tz is checked with ZoneInfo(), which loads any tz file on the "
+    "system path (right/...), but ClickHouse cannot: the answer is 503 "
+    "backend_unavailable for a bad parameter",
+)
+@pytest.mark.parametrize("tz", ["right/UTC", "right/Europe/Paris"])
+async def test_stats_zone_clickhouse_cannot_load_is_a_validation_error(
+    client: Any, auth: Any, tz: str
+) -> None:
+    if not _loads_zone(tz):
+        pytest.skip(f"no tz file {tz!r} on this system; the defect needs one")
+    created = await client.post(
+        "/api/v1/links", json={"url": "https://example.com/tz"}, headers=auth
+    )
+    code = created.json()["code"]
+
+    response = await client.get(
+        f"/api/v1/links/{code}/stats", params={"tz": tz}, headers=auth
+    )
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["field"] == "tz"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a browser prefetch (Sec-Purpose / Purpose: prefetch) is counted "
+    "as a human click; DESIGN.md promises prefetches never are",
+)
+async def test_prefetch_is_never_a_human_click(
+    client: Any, auth: Any, settings: Any, app: Any
+) -> None:
+    created = await client.post(
+        "/api/v1/links", json={"url": "https://example.com/pf"}, headers=auth
+    )
+    code = created.json()["code"]
+    sent = [
+        {"user-agent": CHROME},
+        {"user-agent": CHROME, "sec-purpose": "prefetch"},
+        {"user-agent": CHROME, "sec-purpose": "prefetch;prerender"},
+        {"user-agent": CHROME, "purpose": "prefetch"},
+    ]
+    for headers in sent:
+        assert (await client.get(f"/{code}", headers=headers)).status_code == 302
+
+    stop = asyncio.Event()
+    role = asyncio.create_task(run_role("ingest", settings, stop))
+    analytics = AnalyticsStore(connect_clickhouse(settings))
+    analytics.migrate()
+    link = await app.state.runtime.store.get_link(code)
+
+    async def ingested() -> bool:
+        # However a prefetch is kept (as a bot, or not at all), the one
+        # real click must be there before the totals are read.
+        return await analytics.count_clicks(link.id) >= 1
+
+    try:
+        await _wait_for(ingested)
+        await asyncio.sleep(1.0)  # let the rest of the batch land
+    finally:
+        stop.set()
+        await role
+        analytics.close()
+
+    response = await client.get(
+        f"/api/v1/links/{code}/stats", params={"bots": "include"}, headers=auth
+    )
+    assert response.status_code == 200
+    assert response.json()["totals"]["human"] == 1
