@@ -326,3 +326,38 @@ async def test_destination_with_c1_control_character_is_refused(
     assert response.json()["field"] == "url"
     listing = await client.get("/api/v1/links", headers=auth)
     assert listing.json()["items"] == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a group_by=link cursor's link id is checked to be an int but not "
+    "to be >= 0: ClickHouse cannot read a negative UInt64 and the answer is "
+    "503 backend_unavailable instead of 422",
+)
+@pytest.mark.parametrize("after_link", [-5, -1])
+async def test_global_cursor_with_negative_link_id_is_a_validation_error(
+    client: Any, app: Any, settings: Any, auth: Any, after_link: int
+) -> None:
+    import orjson
+
+    from tests.analytics_data import RANGE, build_world
+
+    world = await build_world(client, app, settings, auth)
+    params = {**RANGE, "group_by": "link", "limit": 1}
+    first = await client.get(
+        "/api/v1/analytics/global", params=params, headers=world.auth
+    )
+    cursor = first.json()["next_cursor"]
+    position = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    position[-1] = after_link
+    forged = base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip("=")
+
+    response = await client.get(
+        "/api/v1/analytics/global",
+        params={**params, "cursor": forged},
+        headers=world.auth,
+    )
+
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["field"] == "cursor"
