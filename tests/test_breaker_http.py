@@ -100,8 +100,9 @@ def _loads_zone(name: str) -> bool:
     "backend_unavailable for a bad parameter",
 )
 @pytest.mark.parametrize("tz", ["right/UTC", "right/Europe/Paris"])
+@pytest.mark.parametrize("route", ["link-stats", "global-by-day"])
 async def test_stats_zone_clickhouse_cannot_load_is_a_validation_error(
-    client: Any, auth: Any, tz: str
+    client: Any, auth: Any, tz: str, route: str
 ) -> None:
     if not _loads_zone(tz):
         pytest.skip(f"no tz file {tz!r} on this system; the defect needs one")
@@ -109,10 +110,12 @@ async def test_stats_zone_clickhouse_cannot_load_is_a_validation_error(
         "/api/v1/links", json={"url": "https://example.com/tz"}, headers=auth
     )
     code = created.json()["code"]
+    if route == "link-stats":
+        path, params = f"/api/v1/links/{code}/stats", {"tz": tz}
+    else:
+        path, params = "/api/v1/analytics/global", {"tz": tz, "group_by": "day"}
 
-    response = await client.get(
-        f"/api/v1/links/{code}/stats", params={"tz": tz}, headers=auth
-    )
+    response = await client.get(path, params=params, headers=auth)
 
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
