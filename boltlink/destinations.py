@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 
 import idna
 
@@ -29,7 +30,8 @@ MAX_URL_LENGTH = 8192
 
 _SCHEMES = frozenset({"http", "https"})
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}")
-_RAW_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+# C0 controls, space, DEL and the C1 controls (U+0080 to U+009F).
+_RAW_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f]")
 _AUTHORITY_END = re.compile(r"[/?#]|\Z")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}")
@@ -173,6 +175,9 @@ def _normalise_host(host: str) -> str:
     labels = name.split(".")
     if len(name) > _MAX_HOST_LENGTH or not all(map(_LABEL.fullmatch, labels)):
         raise _invalid(f"url host {_clip(host)!r} is not a valid host name")
+    for label in labels:
+        if label.startswith("xn--"):
+            _check_a_label(host, label)
     if _NUMERIC_LABEL.fullmatch(labels[-1]):
         _check_ipv4(name)
     return host
@@ -200,6 +205,31 @@ def _to_punycode(host: str) -> str:
         raise _invalid(
             f"url host {_clip(host)!r} is not a valid internationalised domain name"
         ) from exc
+
+
+def _check_a_label(host: str, label: str) -> None:
+    """Refuse a punycode label that does not encode a name of printable text.
+
+    A host given in ASCII skips the conversion above, so ``xn--a`` (which
+    decodes to a control character), ``xn--`` or ``xn--zz-`` (which decode
+    to nothing or to plain ASCII) would be stored, and no browser opens
+    them. Emoji and other names that IDNA 2008 leaves out but registries
+    sell (``xn--ls8h.la``) stay accepted.
+    """
+    encoded = label[4:]
+    try:
+        name = encoded.encode("ascii").decode("punycode")
+        valid = (
+            not name.isascii()
+            and name.encode("punycode").decode("ascii") == encoded
+            and not any(unicodedata.category(c)[0] in "CZ" for c in name)
+        )
+    except UnicodeError:
+        valid = False
+    if not valid:
+        raise _invalid(
+            f"url host {_clip(host)!r} is not a valid internationalised domain name"
+        )
 
 
 def _check_ipv4(name: str) -> None:

@@ -39,11 +39,6 @@ def _cursor(raw: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an ASCII host with an xn-- label skips IDNA checks: invalid "
-    "punycode that no browser can open is stored and redirected to",
-)
 @pytest.mark.parametrize(
     "url", ["https://xn--a.example/", "https://xn--/", "https://xn--zz-.example/"]
 )
@@ -305,12 +300,6 @@ async def test_create_link_refuses_content_coding_it_does_not_decode(
     assert listing.json()["items"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the destination rules refuse 'any control character', but only "
-    "C0 and DEL are checked: C1 controls (U+0080-U+009F), which titles and "
-    "tags refuse, are percent-encoded and stored",
-)
 @pytest.mark.parametrize(
     "url",
     [
