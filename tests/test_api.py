@@ -317,6 +317,11 @@ async def test_list_links_filters_by_tag(client: Any, auth: Any) -> None:
     [
         ("limit=0", "limit"),
         ("limit=abc", "limit"),
+        # int() reads these; a limit is ASCII digits only.
+        ("limit=%201", "limit"),
+        ("limit=%2B5", "limit"),
+        ("limit=1_0", "limit"),
+        ("limit=%D9%A3", "limit"),
         ("cursor=%%%", "cursor"),
         # Forged cursors: past the 64-bit id range, zero, signed, empty.
         ("cursor=aWQ6OTk5OTk5OTk5OTk5OTk5OTk5OTk5", "cursor"),

@@ -55,11 +55,6 @@ async def test_destination_with_invalid_punycode_label_is_refused(
     assert listing.json()["items"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decode_cursor takes any str.isdigit() digit (Arabic-Indic, "
-    "fullwidth) that int() reads, so cursors BoltLink never handed out pass",
-)
 @pytest.mark.parametrize(
     "cursor",
     [
@@ -88,12 +83,6 @@ def _loads_zone(name: str) -> bool:
     return True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tz is checked with ZoneInfo(), which loads any tz file on the "
-    "system path (right/...), but ClickHouse cannot: the answer is 503 "
-    "backend_unavailable for a bad parameter",
-)
 @pytest.mark.parametrize("tz", ["right/UTC", "right/Europe/Paris"])
 @pytest.mark.parametrize("route", ["link-stats", "global-by-day"])
 async def test_stats_zone_clickhouse_cannot_load_is_a_validation_error(
@@ -320,12 +309,6 @@ async def test_destination_with_c1_control_character_is_refused(
     assert listing.json()["items"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a group_by=link cursor's link id is checked to be an int but not "
-    "to be >= 0: ClickHouse cannot read a negative UInt64 and the answer is "
-    "503 backend_unavailable instead of 422",
-)
 @pytest.mark.parametrize("after_link", [-5, -1])
 async def test_global_cursor_with_negative_link_id_is_a_validation_error(
     client: Any, app: Any, settings: Any, auth: Any, after_link: int

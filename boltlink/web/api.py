@@ -162,10 +162,11 @@ async def get_link(request: Request) -> Response:
 
 def _page_args(request: Request) -> tuple[int, int | None, str | None]:
     params = request.query_params
-    try:
-        limit = int(params.get("limit", _DEFAULT_PAGE))
-    except ValueError:
-        raise ValidationFailed("limit must be an integer", field="limit") from None
+    raw = params.get("limit", str(_DEFAULT_PAGE))
+    # int() would also read " 1", "+1", "1_0" and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValidationFailed("limit must be an integer", field="limit")
+    limit = int(raw)
     if not 1 <= limit <= _MAX_PAGE:
         raise ValidationFailed(
             f"limit must be between 1 and {_MAX_PAGE}", field="limit"

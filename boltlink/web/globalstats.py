@@ -93,15 +93,24 @@ def _filter_value(dim: str, value: str) -> str:
     return value.upper() if dim == "country" else value
 
 
+_UINT64 = 2**64
+
+
+def _is_group_key(key: Any, group: str) -> bool:
+    if group != "link":
+        return type(key) is str
+    # A link id is a ClickHouse UInt64: a negative one is no position.
+    return type(key) is int and 0 <= key < _UINT64
+
+
 def _group_cursor(position: list[Any] | None, group: str) -> tuple[int, Any] | None:
     if position is None:
         return None
-    key_type = int if group == "link" else str
     valid = (
         len(position) == 2
         and type(position[0]) is int
-        and position[0] >= 0
-        and type(position[1]) is key_type
+        and 0 <= position[0] < _UINT64
+        and _is_group_key(position[1], group)
     )
     if not valid:
         raise ValidationFailed("cursor is not valid for this query", field="cursor")

@@ -103,7 +103,7 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = raw.partition(":")
-        if kind != "id" or not value.isdigit():
+        if kind != "id" or not (value.isascii() and value.isdigit()):
             raise ValueError(kind)
         link_id = int(value)
         if not 1 <= link_id <= _MAX_ID:
@@ -119,7 +119,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     """Read a request body that must be one JSON object of bounded size."""
     _check_media_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"body is {declared} bytes, limit {MAX_BODY_BYTES}")
 
     # Stop reading once the limit is passed: a chunked body has no length

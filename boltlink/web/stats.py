@@ -136,7 +136,9 @@ async def get_overview(request: Request) -> Response:
 def _overview_cursor(position: list[Any] | None) -> tuple[int, int] | None:
     if position is None:
         return None
-    if len(position) != 2 or not all(type(v) is int and v >= 0 for v in position):
+    if len(position) != 2 or not all(
+        type(v) is int and 0 <= v < 2**64 for v in position
+    ):
         raise ValidationFailed("cursor is not valid for this query", field="cursor")
     return position[0], position[1]
 
