@@ -256,12 +256,6 @@ async def test_method_not_allowed_names_every_allowed_method(
     assert _allowed(response) == allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Content-Encoding is ignored: a gzip body is parsed as raw bytes "
-    "(400 invalid_json, 'surrogates not allowed') and a body declared br is "
-    "stored as if it were plain; RFC 9110 section 15.5.16 says 415",
-)
 @pytest.mark.parametrize(
     ("coding", "body"),
     [

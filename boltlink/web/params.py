@@ -118,6 +118,7 @@ def decode_cursor(cursor: str) -> int:
 async def read_json(request: Request) -> dict[str, Any]:
     """Read a request body that must be one JSON object of bounded size."""
     _check_media_type(request.headers.get("content-type"))
+    _check_coding(request.headers.get("content-encoding"))
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"body is {declared} bytes, limit {MAX_BODY_BYTES}")
@@ -146,6 +147,17 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         kind = _JSON_NAMES.get(type(body), "not an object")
         raise InvalidJson(f"body must be a JSON object, got {kind}")
     return body
+
+
+def _check_coding(coding: str | None) -> None:
+    # A body BoltLink does not decode (gzip, br...) would be read as the
+    # raw bytes it is, and a plain body declared compressed stored as if
+    # it were not: both are refused (RFC 9110 section 15.5.16).
+    if coding is None or coding.strip().lower() in ("", "identity"):
+        return
+    raise UnsupportedMedia(
+        f"body must not be content-coded, got Content-Encoding {coding[:40]!r}"
+    )
 
 
 def _check_media_type(content_type: str | None) -> None:
