@@ -195,6 +195,9 @@ class Settings:
         settings = cls(**values)
         if not settings.public_url:
             host = "localhost" if settings.host in {"0.0.0.0", "::"} else settings.host
+            if ":" in host:
+                # An IPv6 address goes in brackets in a URL (RFC 3986).
+                host = f"[{host.strip('[]')}]"
             base = f"http://{host}:{settings.port}"
             settings = dataclasses.replace(settings, public_url=base)
         return settings

@@ -207,12 +207,6 @@ async def ipv6_client(
         analytics.release(held)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with --host ::1 and no BOLTLINK_PUBLIC_URL the default public URL "
-    "is 'http://::1:8000' (no brackets): short URLs are not URLs, the public "
-    "host reads as '' and a link back to BoltLink itself is accepted",
-)
 async def test_ipv6_listen_address_gives_bracketed_short_urls_and_no_self_links(
     ipv6_client: Any,
 ) -> None:
