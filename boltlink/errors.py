@@ -86,6 +86,19 @@ class PayloadTooLarge(ApiError):
     title = "Payload too large"
 
 
+class ClientGone(ApiError):
+    """Raised when the client hangs up before it has sent the whole body.
+
+    Nothing is stored, and the answer reaches no one; 499 (nginx's "client
+    closed request") keeps it apart from the server's own errors in the
+    logs and metrics.
+    """
+
+    status = 499
+    code = "client_closed_request"
+    title = "Client closed request"
+
+
 class UnsupportedMedia(ApiError):
     """Raised when a request body's content type is not JSON."""
 

@@ -16,9 +16,10 @@ import unicodedata
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from boltlink.errors import (
+    ClientGone,
     InvalidJson,
     LinkNotFound,
     PayloadTooLarge,
@@ -127,11 +128,16 @@ async def read_json(request: Request) -> dict[str, Any]:
     # to check up front.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"body is over the limit of {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise PayloadTooLarge(
+                    f"body is over the limit of {MAX_BODY_BYTES} bytes"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone(f"client hung up after {size} bytes of its body") from None
     return parse_body(b"".join(chunks))
 
 
