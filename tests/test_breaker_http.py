@@ -107,11 +107,6 @@ async def test_stats_zone_clickhouse_cannot_load_is_a_validation_error(
     assert response.json()["field"] == "tz"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a browser prefetch (Sec-Purpose / Purpose: prefetch) is counted "
-    "as a human click; DESIGN.md promises prefetches never are",
-)
 async def test_prefetch_is_never_a_human_click(
     client: Any, auth: Any, settings: Any, app: Any
 ) -> None:

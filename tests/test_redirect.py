@@ -77,6 +77,35 @@ async def test_redirect_head_is_not_a_click(
     assert await _recorded(redis_client, settings) == []
 
 
+@pytest.mark.parametrize(
+    "purpose",
+    [
+        ("sec-purpose", "prefetch"),
+        ("sec-purpose", "prefetch;prerender"),
+        ("sec-purpose", "Prefetch; anonymous-client-ip"),
+        ("purpose", "prefetch"),
+        ("x-purpose", "preview"),
+        ("x-moz", "prefetch"),
+    ],
+)
+async def test_redirect_prefetch_is_answered_but_not_a_click(
+    client: Any, auth: Any, redis_client: Any, settings: Any, purpose: Any
+) -> None:
+    link = await _link(client, auth)
+    path = f"/{link['code']}"
+
+    # The first request takes the full path, the second the cached one.
+    first = await client.get(path, headers=dict([purpose]))
+    second = await client.get(path, headers=dict([purpose]))
+    plain = await client.get(path, headers={"User-Agent": "Mozilla/5.0 test"})
+
+    for response in (first, second, plain):
+        assert response.status_code == 302
+        assert response.headers["location"] == "https://www.python.org/"
+    clicks = await _recorded(redis_client, settings)
+    assert [click.user_agent for click in clicks] == ["Mozilla/5.0 test"]
+
+
 async def test_redirect_unknown_code_is_not_found(client: Any) -> None:
     response = await client.get("/Nope123")
 

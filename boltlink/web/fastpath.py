@@ -33,6 +33,7 @@ from boltlink.errors import ApiError, LinkGone, LinkNotFound
 from boltlink.logs import bind_request
 from boltlink.metrics import redirect_timer
 from boltlink.web.problems import problem
+from boltlink.web.redirect import PURPOSE_HEADERS, is_speculative
 from boltlink.web.runtime import Runtime
 
 __all__ = ["RedirectApp"]
@@ -101,10 +102,12 @@ class RedirectApp(Starlette):
             await _refuse(error, scope, send, started)
             return True
 
-        # HEAD is never a click (RFC 9110 section 9.3.2), as in the view.
+        # HEAD and a prefetch are never a click, as in the view.
         if method == "GET":
+            click = _click_of(scope, target.link_id, code)
             try:
-                await runtime.recorder.record(_click_of(scope, target.link_id, code))
+                if click is not None:
+                    await runtime.recorder.record(click)
             except Exception:
                 await _fail(scope, send, started)
                 return True
@@ -123,9 +126,9 @@ async def _redirect(status: int, url: str, send: Send, started: float) -> None:
     await send(_EMPTY_BODY)
 
 
-def _click_of(scope: Scope, link_id: int, code: str) -> Click:
+def _click_of(scope: Scope, link_id: int, code: str) -> Click | None:
     # One pass over the raw headers; the first of a repeated header counts,
-    # as with Starlette's Headers.get.
+    # as with Starlette's Headers.get. None for a prefetch.
     agent = referrer = language = None
     for name, value in scope["headers"]:
         if name == b"user-agent":
@@ -134,6 +137,8 @@ def _click_of(scope: Scope, link_id: int, code: str) -> Click:
             referrer = value if referrer is None else referrer
         elif name == b"accept-language":
             language = value if language is None else language
+        elif name in PURPOSE_HEADERS and is_speculative(value):
+            return None
     client = scope.get("client")
     return Click(
         link_id=link_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,6 +39,25 @@ _OUTCOMES = {
     429: "limited",
 }
 _perf_counter = time.perf_counter
+
+
+#: Headers by which browsers mark a speculative fetch, a prefetch or a
+#: prerender the user may never look at: Sec-Purpose (the Fetch standard),
+#: Purpose (older Chrome and Safari), X-Purpose (Safari), X-Moz (Firefox).
+PURPOSE_HEADERS = frozenset({b"sec-purpose", b"purpose", b"x-purpose", b"x-moz"})
+
+
+def is_speculative(purpose: bytes) -> bool:
+    """Tell whether a purpose header's value marks a prefetch or prerender."""
+    value = purpose.lower()
+    return b"prefetch" in value or b"prerender" in value or value.strip() == b"preview"
+
+
+def speculative(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Tell whether raw request ``headers`` mark a browser's speculative fetch."""
+    return any(
+        name in PURPOSE_HEADERS and is_speculative(value) for name, value in headers
+    )
 
 
 def _click_of(request: Request, link_id: int, code: str) -> Click:
@@ -115,8 +135,10 @@ async def _redirect_counted(request: Request) -> Response:
         raise LinkGone(f"link {code!r} has expired or was deleted")
 
     # HEAD answers like GET but is never a click (RFC 9110 section 9.3.2:
-    # HEAD is for metadata, crawlers and link checkers send it).
-    if request.method == "GET":
+    # HEAD is for metadata, crawlers and link checkers send it), and neither
+    # is a browser's prefetch: the visitor may never follow it, and when
+    # they do, the browser asks again (the answer is no-store).
+    if request.method == "GET" and not speculative(request.scope["headers"]):
         click = _click_of(request, target.link_id, code)
         if tracing.active:
             with tracing.span("click.record"):
