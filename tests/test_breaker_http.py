@@ -220,12 +220,6 @@ def _allowed(response: Any) -> set[str]:
     return {m.strip() for m in response.headers.get("allow", "").split(",")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 405's Allow names only the first route of the path: POST for "
-    "/api/v1/links (GET/HEAD list it), GET, HEAD for /api/v1/links/{code} "
-    "(PATCH and DELETE work); RFC 9110 section 15.5.6 wants every method",
-)
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [

@@ -10,6 +10,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Mount, Route
 
 from boltlink.errors import ApiError, BackendUnavailable
 
@@ -68,9 +69,36 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
+    headers = exc.headers
     if exc.status_code == 404:
         detail = f"no route for path {request.url.path!r}"
-    return problem(exc.status_code, code, title, detail, headers=exc.headers)
+    elif exc.status_code == 405:
+        # Starlette names the methods of the first route whose path matched;
+        # the path may have others (RFC 9110 section 15.5.6: list them all).
+        # The routers below have rewritten the scope's root path on the way.
+        scope = request.scope
+        path = {"type": "http", "path": scope["path"]}
+        path["root_path"] = scope.get("app_root_path", "")
+        allowed = _methods_for(request.app.routes, path)
+        kept = {k: v for k, v in (headers or {}).items() if k.lower() != "allow"}
+        headers = {**kept, "allow": ", ".join(sorted(allowed))}
+    return problem(exc.status_code, code, title, detail, headers=headers)
+
+
+def _methods_for(routes: list[Any], scope: Any) -> set[str]:
+    """Return every method some route among ``routes`` takes at the scope's path."""
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Mount):
+            match, child = route.matches(scope)
+            if match != Match.NONE:
+                methods |= _methods_for(route.routes, {**scope, **child})
+        elif isinstance(route, Route) and route.methods:
+            # Ask with a method the route takes: only its path decides.
+            probe = {**scope, "method": next(iter(route.methods))}
+            if route.matches(probe)[0] == Match.FULL:
+                methods |= route.methods
+    return methods
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
