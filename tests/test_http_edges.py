@@ -1,8 +1,9 @@
-"""Defects found by poking a running BoltLink over HTTP, one test each.
+"""Test edges of the HTTP surface: odd but possible input, one case each.
 
-Every test here asserts the right answer and is marked ``xfail(strict=True)``
-until the product is fixed, so the suite stays green and a fix shows up as
-an unexpected pass.
+Punycode and control characters in destinations, cursors and limits in
+other scripts' digits, time zones ClickHouse cannot load, browser
+prefetches, an IPv6 listen address, the Allow header of a 405, content
+codings, and a client that hangs up in the middle of its body.
 """
 
 from __future__ import annotations
