@@ -86,6 +86,14 @@ class PayloadTooLarge(ApiError):
     title = "Payload too large"
 
 
+class BodyTimeout(ApiError):
+    """Raised when a request body does not arrive in time."""
+
+    status = 408
+    code = "request_timeout"
+    title = "Request timeout"
+
+
 class ClientGone(ApiError):
     """Raised when the client hangs up before it has sent the whole body.
 

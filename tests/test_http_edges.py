@@ -13,6 +13,7 @@ import base64
 import gzip
 from typing import Any
 
+import orjson
 import pytest
 
 from boltlink.analytics import AnalyticsStore
@@ -316,25 +317,9 @@ def _create_count(status: str) -> float:
     return REGISTRY.get_sample_value("boltlink_api_requests_total", labels) or 0.0
 
 
-async def test_client_gone_mid_body_is_not_a_server_error(
-    app: Any, api_key: str
-) -> None:
-    messages = [
-        {"type": "http.request", "body": b'{"url": "https://exa', "more_body": True},
-        {"type": "http.disconnect"},
-    ]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
+def _create_scope(api_key: str) -> dict[str, Any]:
+    # A create whose body is announced as 100 bytes.
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -353,6 +338,27 @@ async def test_client_gone_mid_body_is_not_a_server_error(
         "client": ("198.51.100.7", 40000),
         "server": ("bl.test", 443),
     }
+
+
+async def test_client_gone_mid_body_is_not_a_server_error(
+    app: Any, api_key: str
+) -> None:
+    messages = [
+        {"type": "http.request", "body": b'{"url": "https://exa', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _create_scope(api_key)
     before, gone = _create_count("500"), _create_count("499")
 
     await app(scope, receive, send)
@@ -361,3 +367,34 @@ async def test_client_gone_mid_body_is_not_a_server_error(
     assert _create_count("499") == gone + 1
     starts = [m for m in sent if m["type"] == "http.response.start"]
     assert all(m["status"] < 500 for m in starts)
+
+
+async def test_a_body_that_trickles_in_times_out_with_nothing_stored(
+    app: Any, api_key: str, auth: Any, client: Any, monkeypatch: Any
+) -> None:
+    from boltlink.web import params
+
+    monkeypatch.setattr(params, "BODY_SECONDS", 0.3)
+    chunk = {"type": "http.request", "body": b'{"url": "https://exa', "more_body": True}
+    messages = [chunk]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(_create_scope(api_key), receive, send), 10)
+
+    [start] = [m for m in sent if m["type"] == "http.response.start"]
+    body = b"".join(
+        m.get("body", b"") for m in sent if m["type"] == "http.response.body"
+    )
+    assert start["status"] == 408
+    assert orjson.loads(body)["code"] == "request_timeout"
+    listing = await client.get("/api/v1/links", headers=auth)
+    assert listing.json()["items"] == []

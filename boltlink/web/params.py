@@ -9,6 +9,7 @@ body is read against its size limit as it arrives, not after.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -19,6 +20,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 
 from boltlink.errors import (
+    BodyTimeout,
     ClientGone,
     InvalidJson,
     LinkNotFound,
@@ -41,6 +43,8 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 64 * 1024
+#: Longest wait for a request body, from its first byte asked for to its last.
+BODY_SECONDS = 30.0
 MAX_TAG_LENGTH = 64
 #: Any code the API could have stored (custom and random codes alike).
 CODE_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -128,16 +132,23 @@ async def read_json(request: Request) -> dict[str, Any]:
     # to check up front.
     chunks: list[bytes] = []
     size = 0
+    # A body that trickles in holds a worker's memory and a connection: the
+    # whole of it must arrive within BODY_SECONDS.
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise PayloadTooLarge(
-                    f"body is over the limit of {MAX_BODY_BYTES} bytes"
-                )
-            chunks.append(chunk)
+        async with asyncio.timeout(BODY_SECONDS):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise PayloadTooLarge(
+                        f"body is over the limit of {MAX_BODY_BYTES} bytes"
+                    )
+                chunks.append(chunk)
     except ClientDisconnect:
         raise ClientGone(f"client hung up after {size} bytes of its body") from None
+    except TimeoutError:
+        raise BodyTimeout(
+            f"body not sent within {BODY_SECONDS:g} s ({size} bytes arrived)"
+        ) from None
     return parse_body(b"".join(chunks))
 
 
