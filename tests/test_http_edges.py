@@ -398,3 +398,48 @@ async def test_a_body_that_trickles_in_times_out_with_nothing_stored(
     assert orjson.loads(body)["code"] == "request_timeout"
     listing = await client.get("/api/v1/links", headers=auth)
     assert listing.json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"url": "https://good.example/", "url": "https://evil.example/"}',
+        b'{"url": "https://good.example/", "\\u0075rl": "https://evil.example/"}',
+        b'{"url": "https://good.example/", "title": "a", "title": "b"}',
+        b'{"url": "https://good.example/", "tags": [], "\\u0074ags": ["x"]}',
+        # Deeper than the standard library reads, within orjson's 1,024.
+        b'{"url": "https://good.example/", "title": "\\u00e9", "x": '
+        + b'{"x": ' * 1020
+        + b"1"
+        + b"}" * 1021,
+    ],
+)
+async def test_create_link_refuses_a_body_that_repeats_a_key(
+    client: Any, auth: Any, body: bytes
+) -> None:
+    response = await client.post(
+        "/api/v1/links",
+        content=body,
+        headers={**auth, "content-type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_json"
+    listing = await client.get("/api/v1/links", headers=auth)
+    assert listing.json()["items"] == []
+
+
+async def test_create_link_takes_a_key_name_inside_a_value(
+    client: Any, auth: Any
+) -> None:
+    body = (
+        b'{"url": "https://e.example/?q=%22url%22", "title": "say \\"url\\" \\u00e9"}'
+    )
+    response = await client.post(
+        "/api/v1/links",
+        content=body,
+        headers={**auth, "content-type": "application/json"},
+    )
+
+    assert response.status_code == 201
+    assert response.json()["title"] == 'say "url" \u00e9'

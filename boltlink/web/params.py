@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import re
 import unicodedata
 from typing import Any
@@ -163,7 +164,30 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         kind = _JSON_NAMES.get(type(body), "not an object")
         raise InvalidJson(f"body must be a JSON object, got {kind}")
+    _refuse_repeated_keys(raw, body)
     return body
+
+
+def _refuse_repeated_keys(raw: bytes, body: dict[str, Any]) -> None:
+    # orjson keeps the last of a repeated key, where a proxy or a log before
+    # BoltLink may have read the first ({"url": good, "url": evil}). The
+    # strict read runs only when a key shows twice in the raw bytes or an
+    # escape could spell one differently ("\u0075rl").
+    if b"\\u" in raw or any(raw.count(f'"{key}"'.encode()) > 1 for key in body):
+        try:
+            json.loads(raw, object_pairs_hook=_unique_pairs)
+        except RecursionError:
+            # orjson reads 1,024 levels, the standard library fewer.
+            raise InvalidJson("body nests too deeply") from None
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise InvalidJson(f"body repeats the key {key[:64]!r}")
+        found[key] = value
+    return found
 
 
 def _check_coding(coding: str | None) -> None:
