@@ -213,8 +213,10 @@ def _check_a_label(host: str, label: str) -> None:
     A host given in ASCII skips the conversion above, so ``xn--a`` (which
     decodes to a control character), ``xn--`` or ``xn--zz-`` (which decode
     to nothing or to plain ASCII) would be stored, and no browser opens
-    them. Emoji and other names that IDNA 2008 leaves out but registries
-    sell (``xn--ls8h.la``) stay accepted.
+    them. A label IDNA 2008 accepts passes (joiners in Persian or Sinhala
+    names included); so does one it leaves out but registries sell, such
+    as emoji (``xn--ls8h.la``), unless it holds a control, format, private
+    use or separator character.
     """
     encoded = label[4:]
     try:
@@ -222,7 +224,7 @@ def _check_a_label(host: str, label: str) -> None:
         valid = (
             not name.isascii()
             and name.encode("punycode").decode("ascii") == encoded
-            and not any(unicodedata.category(c)[0] in "CZ" for c in name)
+            and (_idna_label(name) or not any(map(_unprintable, name)))
         )
     except UnicodeError:
         valid = False
@@ -230,6 +232,19 @@ def _check_a_label(host: str, label: str) -> None:
         raise _invalid(
             f"url host {_clip(host)!r} is not a valid internationalised domain name"
         )
+
+
+def _idna_label(name: str) -> bool:
+    try:
+        idna.encode(name)
+    except idna.IDNAError:
+        return False
+    return True
+
+
+def _unprintable(char: str) -> bool:
+    # Unassigned (Cn) is left out: an emoji newer than this Python is one.
+    return unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Zs", "Zl", "Zp")
 
 
 def _check_ipv4(name: str) -> None:

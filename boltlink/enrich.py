@@ -351,7 +351,7 @@ class Enricher:
     async def block_columns(
         self, entries: Sequence[tuple[str, list[Click]]]
     ) -> list[Sequence[Any]]:
-        """Return the rows of :meth:`block_rows` as columns, one list each.
+        """Return the rows of :meth:`block_rows` as columns, one sequence each.
 
         Column by column, each derived value is one call over the whole
         block rather than a row assembled per click: ingest builds every

@@ -8,6 +8,7 @@ setting stops start-up with one line instead of failing on first use.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -76,6 +77,21 @@ def _check_url(name: str, raw: str, schemes: tuple[str, ...]) -> Secret:
         shown = repr(Secret(raw))[7:-1]
         raise ConfigError(f"{name} must start with one of {allowed}, got {shown}")
     return Secret(raw)
+
+
+def _public_host_of(listen: str) -> str:
+    """Return the host of the default public URL for a listen address."""
+    address = listen.strip("[]")
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return listen
+    if parsed.is_unspecified:
+        return "localhost"
+    if parsed.version == 6:
+        # In brackets, a zone's "%" written %25 (RFC 3986, RFC 6874).
+        return f"[{address.replace('%', '%25')}]"
+    return address
 
 
 def _check_public_url(raw: str) -> str:
@@ -194,10 +210,7 @@ class Settings:
             )
         settings = cls(**values)
         if not settings.public_url:
-            host = "localhost" if settings.host in {"0.0.0.0", "::"} else settings.host
-            if ":" in host:
-                # An IPv6 address goes in brackets in a URL (RFC 3986).
-                host = f"[{host.strip('[]')}]"
+            host = _public_host_of(settings.host)
             base = f"http://{host}:{settings.port}"
             settings = dataclasses.replace(settings, public_url=base)
         return settings

@@ -57,6 +57,30 @@ async def test_destination_with_invalid_punycode_label_is_refused(
 
 
 @pytest.mark.parametrize(
+    ("url", "stored"),
+    [
+        # A zero-width non-joiner (Persian) and joiner (Sinhala), both
+        # allowed by IDNA 2008, spelt in Unicode and as punycode.
+        (
+            "https://\u0646\u0627\u0645\u0647\u200c\u0627\u06cc.ir/",
+            "https://xn--mgba3gch31f060k.ir/",
+        ),
+        ("https://xn--mgba3gch31f060k.ir/", "https://xn--mgba3gch31f060k.ir/"),
+        ("https://xn--10cl1a0b660p.lk/", "https://xn--10cl1a0b660p.lk/"),
+        # An emoji newer than some Pythons' Unicode tables.
+        ("https://xn--929h.ws/", "https://xn--929h.ws/"),
+    ],
+)
+async def test_destination_with_a_valid_idn_is_stored(
+    client: Any, auth: Any, url: str, stored: str
+) -> None:
+    response = await client.post("/api/v1/links", json={"url": url}, headers=auth)
+
+    assert response.status_code == 201
+    assert response.json()["url"] == stored
+
+
+@pytest.mark.parametrize(
     "cursor",
     [
         _cursor("id:\u0663"),  # ARABIC-INDIC DIGIT THREE: int() reads 3
@@ -443,3 +467,50 @@ async def test_create_link_takes_a_key_name_inside_a_value(
 
     assert response.status_code == 201
     assert response.json()["title"] == 'say "url" \u00e9'
+
+
+async def test_method_not_allowed_lists_methods_under_a_root_path(app: Any) -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/x/health",
+        "raw_path": b"/x/health",
+        "root_path": "/x",
+        "query_string": b"",
+        "headers": [(b"host", b"bl.test")],
+        "client": ("198.51.100.7", 40000),
+        "server": ("bl.test", 80),
+    }
+    await app(scope, receive, send)
+
+    [start] = [m for m in sent if m["type"] == "http.response.start"]
+    assert start["status"] == 405
+    assert dict(start["headers"])[b"allow"] == b"GET, HEAD"
+
+
+@pytest.mark.parametrize("tz", ["Europe/Paris", "posix/Europe/Paris", "UTC"])
+async def test_stats_take_an_iana_zone_and_its_posix_copy(
+    client: Any, auth: Any, tz: str
+) -> None:
+    created = await client.post(
+        "/api/v1/links", json={"url": "https://example.com/tz"}, headers=auth
+    )
+    code = created.json()["code"]
+
+    response = await client.get(
+        f"/api/v1/links/{code}/stats", params={"tz": tz}, headers=auth
+    )
+
+    assert response.status_code == 200
+    assert response.json()["tz"] == tz

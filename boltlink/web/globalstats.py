@@ -35,6 +35,7 @@ from boltlink.web.statsparams import (
     link_param,
     page_limit,
     read_range,
+    refuse_unknown,
     zone_name,
 )
 
@@ -52,14 +53,6 @@ _COUNTRY = re.compile(r"([A-Z]{2})?")
 _COMMON = {"from", "to", "tz", "bots", "link", "code"}
 _GLOBAL_PARAMS = _COMMON | {"group_by", "limit", "cursor", *DIMENSIONS}
 _EXPORT_PARAMS = _COMMON | {"format"}
-
-
-def _refuse_unknown(request: Request, known: set[str]) -> None:
-    # An unknown parameter is most often a misspelt filter; ignoring it
-    # would answer a different question than the one asked.
-    for name in request.query_params:
-        if name not in known:
-            raise ValidationFailed(f"unknown parameter {name!r}", field=name)
 
 
 def _filters(request: Request) -> dict[str, tuple[str, ...]]:
@@ -120,7 +113,7 @@ def _group_cursor(position: list[Any] | None, group: str) -> tuple[int, Any] | N
 async def get_global(request: Request) -> Response:
     """Return click counts grouped by one key, filtered, one page per call."""
     key = await authorize(request, "analytics:read")
-    _refuse_unknown(request, _GLOBAL_PARAMS)
+    refuse_unknown(request, _GLOBAL_PARAMS)
     group = choice(request, "group_by", GROUP_KEYS, "day")
     tz = zone_name(request)
     start, end = read_range(request, tz)
@@ -167,7 +160,7 @@ async def _name_links(request: Request, groups: list[dict[str, Any]]) -> None:
 async def get_export(request: Request) -> Response:
     """Stream the raw events of a range as CSV, JSON lines or Parquet."""
     key = await authorize(request, "analytics:read")
-    _refuse_unknown(request, _EXPORT_PARAMS)
+    refuse_unknown(request, _EXPORT_PARAMS)
     name = choice(request, "format", tuple(FORMATS), "csv")
     tz = zone_name(request)
     start, end = read_range(request, tz)

@@ -78,7 +78,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         # The routers below have rewritten the scope's root path on the way.
         scope = request.scope
         path = {"type": "http", "path": scope["path"]}
-        path["root_path"] = scope.get("app_root_path", "")
+        path["root_path"] = scope.get("app_root_path", scope.get("root_path", ""))
         allowed = _methods_for(request.app.routes, path)
         kept = {k: v for k, v in (headers or {}).items() if k.lower() != "allow"}
         headers = {**kept, "allow": ", ".join(sorted(allowed))}

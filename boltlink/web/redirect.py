@@ -136,8 +136,8 @@ async def _redirect_counted(request: Request) -> Response:
 
     # HEAD answers like GET but is never a click (RFC 9110 section 9.3.2:
     # HEAD is for metadata, crawlers and link checkers send it), and neither
-    # is a browser's prefetch: the visitor may never follow it, and when
-    # they do, the browser asks again (the answer is no-store).
+    # is a browser's prefetch or prerender: the visitor may never follow it
+    # (and one who does may be shown the fetched copy unasked, uncounted).
     if request.method == "GET" and not speculative(request.scope["headers"]):
         click = _click_of(request, target.link_id, code)
         if tracing.active:

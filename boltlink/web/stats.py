@@ -42,6 +42,7 @@ from boltlink.web.statsparams import (
     link_param,
     page_limit,
     read_range,
+    refuse_unknown,
     zone_name,
 )
 
@@ -50,6 +51,8 @@ __all__ = ["close_analytics", "routes"]
 _MAX_BUCKETS = 2000
 _OVERVIEW_PAGE = 10
 _OVERVIEW_MAX_PAGE = 200
+_LINK_STATS_PARAMS = {"from", "to", "tz", "interval", "bots"}
+_OVERVIEW_PARAMS = {"from", "to", "tz", "bots", "link", "code", "limit", "cursor"}
 
 
 def _stats_query(request: Request) -> StatsQuery:
@@ -73,6 +76,7 @@ def _stats_query(request: Request) -> StatsQuery:
 async def get_link_stats(request: Request) -> Response:
     """Return a link's totals, time series and top dimensions."""
     await authorize(request, "analytics:read")
+    refuse_unknown(request, _LINK_STATS_PARAMS)
     query = _stats_query(request)
     runtime: Runtime = request.app.state.runtime
     code = request.path_params["code"]
@@ -98,6 +102,7 @@ async def get_link_stats(request: Request) -> Response:
 async def get_overview(request: Request) -> Response:
     """Return the totals of the key's links and a page of its busiest links."""
     key = await authorize(request, "analytics:read")
+    refuse_unknown(request, _OVERVIEW_PARAMS)
     tz = zone_name(request)
     start, end = read_range(request, tz)
     scope = await key_scope(request, key, start=start, end=end, tz=tz)

@@ -49,6 +49,7 @@ __all__ = [
     "link_param",
     "page_limit",
     "read_range",
+    "refuse_unknown",
     "zone_name",
 ]
 
@@ -113,7 +114,8 @@ def choice(request: Request, name: str, choices: Sequence[str], default: str) ->
 def zone_name(request: Request) -> str:
     """Return the ``tz`` parameter, an IANA time zone name (default UTC)."""
     name = request.query_params.get("tz", "UTC")
-    if not _TZ_SHAPE.fullmatch(name) or name not in _zone_names():
+    known = _zone_names()
+    if not _TZ_SHAPE.fullmatch(name) or name.removeprefix("posix/") not in known:
         raise ValidationFailed(
             f"tz must be an IANA time zone name, got {name!r}", field="tz"
         )
@@ -122,9 +124,10 @@ def zone_name(request: Request) -> str:
 
 @functools.cache
 def _zone_names() -> frozenset[str]:
-    # The IANA names, not every file on the zone path: ClickHouse, which
-    # groups by the zone, cannot load the "right/" (leap second) variants,
-    # and "localtime" is whatever zone this machine is set to.
+    # The IANA names (zone_name also takes their "posix/" copies), not every
+    # file on the zone path: ClickHouse, which groups by the zone, cannot
+    # load the "right/" (leap second) variants, and "localtime" is whatever
+    # zone this machine is set to.
     return frozenset(available_timezones() - {"localtime"} | {"UTC"})
 
 
@@ -164,6 +167,17 @@ def read_range(request: Request, tz: str) -> tuple[datetime, datetime]:
     if end - start > MAX_RANGE:
         raise ValidationFailed("the range must not exceed 3660 days", field="from")
     return start, end
+
+
+def refuse_unknown(request: Request, known: set[str]) -> None:
+    """Refuse a query parameter the route does not read.
+
+    An unknown parameter is most often a misspelt one (``form`` for
+    ``from``); ignoring it would answer another question than the one asked.
+    """
+    for name in request.query_params:
+        if name not in known:
+            raise ValidationFailed(f"unknown parameter {name!r}", field=name)
 
 
 def page_limit(request: Request, default: int, most: int) -> int:

@@ -42,12 +42,12 @@ def tune_collector() -> None:
     A batch keeps tens of thousands of objects alive at once (decoded
     clicks, their rows). With Python's default thresholds they were walked
     again and again while the batch was built, and each batch set off full
-    collections over everything the process had loaded (the user-agent
-    rules, the clients): about 3 µs of a click's 11 µs of Python time in
-    ``ingest``. So what is alive at start is frozen out of the collector's
-    sight, and the young generation is collected every
-    :data:`COLLECT_EVERY` allocations. The batch's objects are freed by
-    their reference counts either way; the collector only looks for cycles.
+    collections over everything the process had loaded: about 3 µs of a
+    click's 11 µs of Python time in ``ingest``. So the modules alive at
+    start are frozen out of the collector's sight, and the young generation
+    is collected every :data:`COLLECT_EVERY` allocations. The batch's
+    objects are freed by their reference counts either way; the collector
+    only looks for cycles.
     """
     gc.collect()
     gc.freeze()
