@@ -514,3 +514,27 @@ async def test_stats_take_an_iana_zone_and_its_posix_copy(
 
     assert response.status_code == 200
     assert response.json()["tz"] == tz
+
+
+@pytest.mark.parametrize(
+    ("route", "param"),
+    [("link-stats", "form"), ("link-stats", "group_by"), ("overview", "lnk")],
+)
+async def test_stats_refuse_a_parameter_they_do_not_read(
+    client: Any, auth: Any, route: str, param: str
+) -> None:
+    created = await client.post(
+        "/api/v1/links", json={"url": "https://example.com/p"}, headers=auth
+    )
+    code = created.json()["code"]
+    path = (
+        f"/api/v1/links/{code}/stats"
+        if route == "link-stats"
+        else "/api/v1/stats/overview"
+    )
+
+    response = await client.get(path, params={param: "2025-01-01"}, headers=auth)
+
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["field"] == param
