@@ -364,13 +364,17 @@ def _create_scope(api_key: str) -> dict[str, Any]:
     }
 
 
-async def test_client_gone_mid_body_is_not_a_server_error(
-    app: Any, api_key: str
-) -> None:
-    messages = [
-        {"type": "http.request", "body": b'{"url": "https://exa', "more_body": True},
-        {"type": "http.disconnect"},
-    ]
+#: The first part of a body whose rest never comes.
+_PART = {"type": "http.request", "body": b'{"url": "https://exa', "more_body": True}
+
+
+async def _serve(
+    app: Any, scope: dict[str, Any], messages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Run one request through ``app``; return what it sent.
+
+    ``messages`` are received in turn; after them the client is silent.
+    """
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -382,10 +386,18 @@ async def test_client_gone_mid_body_is_not_a_server_error(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = _create_scope(api_key)
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_client_gone_mid_body_is_not_a_server_error(
+    app: Any, api_key: str
+) -> None:
     before, gone = _create_count("500"), _create_count("499")
 
-    await app(scope, receive, send)
+    sent = await _serve(
+        app, _create_scope(api_key), [_PART, {"type": "http.disconnect"}]
+    )
 
     assert _create_count("500") == before
     assert _create_count("499") == gone + 1
@@ -399,20 +411,7 @@ async def test_a_body_that_trickles_in_times_out_with_nothing_stored(
     from boltlink.web import params
 
     monkeypatch.setattr(params, "BODY_SECONDS", 0.3)
-    chunk = {"type": "http.request", "body": b'{"url": "https://exa', "more_body": True}
-    messages = [chunk]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await asyncio.wait_for(app(_create_scope(api_key), receive, send), 10)
+    sent = await asyncio.wait_for(_serve(app, _create_scope(api_key), [_PART]), 10)
 
     [start] = [m for m in sent if m["type"] == "http.response.start"]
     body = b"".join(
@@ -470,14 +469,6 @@ async def test_create_link_takes_a_key_name_inside_a_value(
 
 
 async def test_method_not_allowed_lists_methods_under_a_root_path(app: Any) -> None:
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -492,7 +483,8 @@ async def test_method_not_allowed_lists_methods_under_a_root_path(app: Any) -> N
         "client": ("198.51.100.7", 40000),
         "server": ("bl.test", 80),
     }
-    await app(scope, receive, send)
+    empty = {"type": "http.request", "body": b"", "more_body": False}
+    sent = await asyncio.wait_for(_serve(app, scope, [empty]), 10)
 
     [start] = [m for m in sent if m["type"] == "http.response.start"]
     assert start["status"] == 405

@@ -181,15 +181,6 @@ class AnalyticsStore:
         except Exception as exc:
             raise BackendUnavailable(f"clickhouse call failed: {exc}") from exc
 
-    async def insert_rows(self, token: str, rows: Sequence[Sequence[Any]]) -> int:
-        """Insert one block of raw rows under ``token``; return the row count.
-
-        Rows are in ``RAW_COLUMNS`` order, ``ts`` as epoch milliseconds.
-        """
-        if not rows:
-            return 0
-        return await self.insert_columns(token, list(zip(*rows, strict=True)))
-
     async def insert_columns(self, token: str, columns: Sequence[Sequence[Any]]) -> int:
         """Insert one block of columns under ``token``; return the row count.
 

@@ -24,6 +24,7 @@ from boltlink.web.params import (
     code_param,
     decode_cursor,
     encode_cursor,
+    is_decimal,
     read_json,
     tag_param,
 )
@@ -163,8 +164,7 @@ async def get_link(request: Request) -> Response:
 def _page_args(request: Request) -> tuple[int, int | None, str | None]:
     params = request.query_params
     raw = params.get("limit", str(_DEFAULT_PAGE))
-    # int() would also read " 1", "+1", "1_0" and other scripts' digits.
-    if not (raw.isascii() and raw.isdigit()):
+    if not is_decimal(raw):
         raise ValidationFailed("limit must be an integer", field="limit")
     limit = int(raw)
     if not 1 <= limit <= _MAX_PAGE:

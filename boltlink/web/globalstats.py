@@ -25,6 +25,7 @@ from boltlink.errors import BackendUnavailable, ValidationFailed
 from boltlink.web.api import authorize
 from boltlink.web.runtime import Runtime
 from boltlink.web.statsparams import (
+    UINT64_END,
     analytics_store,
     choice,
     decode_cursor,
@@ -86,14 +87,11 @@ def _filter_value(dim: str, value: str) -> str:
     return value.upper() if dim == "country" else value
 
 
-_UINT64 = 2**64
-
-
 def _is_group_key(key: Any, group: str) -> bool:
     if group != "link":
         return type(key) is str
     # A link id is a ClickHouse UInt64: a negative one is no position.
-    return type(key) is int and 0 <= key < _UINT64
+    return type(key) is int and 0 <= key < UINT64_END
 
 
 def _group_cursor(position: list[Any] | None, group: str) -> tuple[int, Any] | None:
@@ -102,7 +100,7 @@ def _group_cursor(position: list[Any] | None, group: str) -> tuple[int, Any] | N
     valid = (
         len(position) == 2
         and type(position[0]) is int
-        and 0 <= position[0] < _UINT64
+        and 0 <= position[0] < UINT64_END
         and _is_group_key(position[1], group)
     )
     if not valid:

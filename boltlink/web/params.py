@@ -38,6 +38,7 @@ __all__ = [
     "code_param",
     "decode_cursor",
     "encode_cursor",
+    "is_decimal",
     "is_plain_text",
     "read_json",
     "tag_param",
@@ -104,12 +105,21 @@ def encode_cursor(link_id: int) -> str:
     return base64.urlsafe_b64encode(f"id:{link_id}".encode()).decode().rstrip("=")
 
 
+def is_decimal(text: str) -> bool:
+    """Tell whether ``text`` is ASCII digits only.
+
+    ``int()`` also reads " 1", "+1", "1_0" and other scripts' digits
+    ("\u0663"), none of which BoltLink ever hands out.
+    """
+    return text.isascii() and text.isdigit()
+
+
 def decode_cursor(cursor: str) -> int:
     """Return the link id inside ``cursor``, refusing any forged or odd one."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = raw.partition(":")
-        if kind != "id" or not (value.isascii() and value.isdigit()):
+        if kind != "id" or not is_decimal(value):
             raise ValueError(kind)
         link_id = int(value)
         if not 1 <= link_id <= _MAX_ID:
@@ -126,7 +136,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     _check_media_type(request.headers.get("content-type"))
     _check_coding(request.headers.get("content-encoding"))
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if is_decimal(declared) and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"body is {declared} bytes, limit {MAX_BODY_BYTES}")
 
     # Stop reading once the limit is passed: a chunked body has no length

@@ -31,6 +31,7 @@ from boltlink.web import globalstats
 from boltlink.web.api import authorize
 from boltlink.web.runtime import Runtime
 from boltlink.web.statsparams import (
+    UINT64_END,
     analytics_store,
     choice,
     close_analytics,
@@ -142,7 +143,7 @@ def _overview_cursor(position: list[Any] | None) -> tuple[int, int] | None:
     if position is None:
         return None
     if len(position) != 2 or not all(
-        type(v) is int and 0 <= v < 2**64 for v in position
+        type(v) is int and 0 <= v < UINT64_END for v in position
     ):
         raise ValidationFailed("cursor is not valid for this query", field="cursor")
     return position[0], position[1]

@@ -35,9 +35,11 @@ from boltlink.analytics.store import AnalyticsReader
 from boltlink.errors import LinkNotFound, ValidationFailed
 from boltlink.models import ApiKey
 from boltlink.timestamps import parse_date_or_time
+from boltlink.web.params import is_decimal
 from boltlink.web.runtime import Runtime
 
 __all__ = [
+    "UINT64_END",
     "analytics_store",
     "choice",
     "close_analytics",
@@ -53,6 +55,8 @@ __all__ = [
     "zone_name",
 ]
 
+#: One past the largest ClickHouse UInt64 (a link id, a count) a cursor holds.
+UINT64_END = 2**64
 MAX_RANGE = timedelta(days=3660)
 DEFAULT_RANGE = timedelta(days=30)
 _TZ_SHAPE = re.compile(r"[A-Za-z0-9_+\-/]{1,64}")
@@ -183,7 +187,7 @@ def refuse_unknown(request: Request, known: set[str]) -> None:
 def page_limit(request: Request, default: int, most: int) -> int:
     """Return the ``limit`` parameter, an integer from 1 to ``most``."""
     raw = request.query_params.get("limit", str(default))
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
+    if not is_decimal(raw) or not 1 <= int(raw) <= most:
         raise ValidationFailed(
             f"limit must be an integer from 1 to {most}, got {raw!r}", field="limit"
         )
